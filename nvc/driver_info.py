@@ -1,0 +1,58 @@
+"""What NVML tells us about the host driver and its GPUs, as plain values.
+
+These records cross a process boundary (the NVML helper child sends them back as JSON) and will later be cached
+on disk, so they are frozen dataclasses with a lossless ``to_dict``/``from_dict`` pair and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    """A MIG instance of a GPU: NVIDIA addresses it by ``<gpu>:<index>`` or by its ``MIG-`` UUID."""
+
+    index: int
+    gpu_instance_id: int
+    compute_instance_id: int
+    uuid: str
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One physical GPU. ``minor`` is the ``/dev/nvidiaN`` number, which is not always ``index``."""
+
+    index: int
+    minor: int
+    model: str
+    brand: str
+    uuid: str
+    bus_id: str  # "%08x:%02x:%02x.0" (domain:bus:device), as NVIDIA prints it
+    arch: str  # compute capability "major.minor"
+    mig_enabled: bool = False
+    mig_devices: tuple[MigDevice, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """Driver-wide answers: ``driver_version`` (NVRM), ``cuda_version`` ("12.2") and the GPUs in index order."""
+
+    driver_version: str
+    cuda_version: str
+    gpus: tuple[GpuInfo, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DriverInfo:
+        gpus = tuple(
+            GpuInfo(
+                **{k: v for k, v in gpu.items() if k != "mig_devices"},
+                mig_devices=tuple(MigDevice(**mig) for mig in gpu.get("mig_devices", ())),
+            )
+            for gpu in data.get("gpus", ())
+        )
+        return cls(driver_version=data["driver_version"], cuda_version=data["cuda_version"], gpus=gpus)

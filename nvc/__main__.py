@@ -1,0 +1,7 @@
+"""``python -m nvc``: the same entry point as the ``nvc`` console script."""
+
+import sys
+
+from nvc.cli import main
+
+sys.exit(main())

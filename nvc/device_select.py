@@ -1,0 +1,108 @@
+"""The ``--device`` grammar: which GPUs and MIG devices a container asks for.
+
+Items are read left to right (commas separate them, empty items are skipped): ``all``, a decimal index,
+``GPU-<uuid>``, a PCI bus id, ``MIG-<uuid>`` or ``<gpu>:<mig>``. A MIG device brings its parent GPU along.
+Anything else is ``device error: <item>: unknown device``, NVIDIA's wording.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nvc.driver_info import GpuInfo, MigDevice
+from nvc.errors import NvcError
+
+_PCI_RE = re.compile(r"^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})(?:\.([0-7]))?$", re.IGNORECASE)
+_MIG_PAIR_RE = re.compile(r"^\d+:\d+$")
+
+
+@dataclass(frozen=True)
+class DeviceSelection:
+    """Selected GPUs (index order) and MIG devices as (parent GPU, MIG device) pairs."""
+
+    gpus: tuple[GpuInfo, ...] = ()
+    migs: tuple[tuple[GpuInfo, MigDevice], ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.gpus and not self.migs
+
+
+def split_device_list(values: Iterable[str]) -> list[str]:
+    """Join repeated ``--device`` values and split them into items, as NVIDIA does."""
+    items: list[str] = []
+    for value in values:
+        items.extend(item.strip() for item in value.split(",") if item.strip())
+    return items
+
+
+def normalize_bus_id(text: str) -> str | None:
+    """``3b:00`` / ``0000:3b:00.0`` → ``00000000:3b:00.0`` (NVIDIA's 8-digit-domain form); None if not PCI."""
+    match = _PCI_RE.match(text)
+    if not match:
+        return None
+    domain, bus, device, _function = match.groups()
+    return f"{int(domain or '0', 16):08x}:{int(bus, 16):02x}:{int(device, 16):02x}.0"
+
+
+def select_devices(items: Iterable[str], gpus: tuple[GpuInfo, ...]) -> DeviceSelection:
+    """Resolve device items against the GPUs NVML reported."""
+    chosen_gpus: dict[int, GpuInfo] = {}
+    chosen_migs: dict[tuple[int, int], tuple[GpuInfo, MigDevice]] = {}
+
+    def add_mig(gpu: GpuInfo, mig: MigDevice) -> None:
+        chosen_gpus.setdefault(gpu.index, gpu)
+        chosen_migs.setdefault((gpu.index, mig.index), (gpu, mig))
+
+    for item in items:
+        lowered = item.lower()
+        if lowered == "all":
+            for gpu in gpus:
+                chosen_gpus.setdefault(gpu.index, gpu)
+                for mig in gpu.mig_devices:
+                    add_mig(gpu, mig)
+            continue
+        # "<gpu>:<mig>" also reads as a short PCI id; NVIDIA gives the MIG pair precedence.
+        gpu_match = None if _MIG_PAIR_RE.match(item) else _match_gpu(item, gpus)
+        if gpu_match is not None:
+            chosen_gpus.setdefault(gpu_match.index, gpu_match)
+            continue
+        mig_match = _match_mig(item, gpus)
+        if mig_match is not None:
+            add_mig(*mig_match)
+            continue
+        raise NvcError("device", f"{item}: unknown device")
+    return DeviceSelection(
+        gpus=tuple(chosen_gpus[i] for i in sorted(chosen_gpus)),
+        migs=tuple(chosen_migs[k] for k in sorted(chosen_migs)),
+    )
+
+
+def _match_gpu(item: str, gpus: tuple[GpuInfo, ...]) -> GpuInfo | None:
+    if item.isdigit():
+        return next((g for g in gpus if g.index == int(item)), None)
+    if item[:4].upper() == "GPU-":
+        return next((g for g in gpus if g.uuid.lower() == item.lower()), None)
+    bus_id = normalize_bus_id(item)
+    if bus_id is not None:
+        return next((g for g in gpus if g.bus_id.lower().startswith(bus_id)), None)
+    return None
+
+
+def _match_mig(item: str, gpus: tuple[GpuInfo, ...]) -> tuple[GpuInfo, MigDevice] | None:
+    if item[:4].upper() == "MIG-":
+        for gpu in gpus:
+            for mig in gpu.mig_devices:
+                if mig.uuid.lower() == item.lower():
+                    return gpu, mig
+        return None
+    gpu_part, sep, mig_part = item.partition(":")
+    if sep and gpu_part.isdigit() and mig_part.isdigit():
+        for gpu in gpus:
+            if gpu.index == int(gpu_part):
+                for mig in gpu.mig_devices:
+                    if mig.index == int(mig_part):
+                        return gpu, mig
+    return None

@@ -1,0 +1,117 @@
+"""ELF facts about driver files: identity (class, machine) cheaply, notes and dependencies through pyelftools.
+
+Two different costs on purpose. Every library candidate is checked against its ld.so.cache entry (a 32-bit file
+listed as x86-64 is refused), so that check reads 20 header bytes with ``struct``. The rarer questions NVIDIA asks
+— does ``libnvidia-tls`` carry the GNU ABI note for Linux 2.3.99, does a non-GLVND GL library depend on
+``libnvidia-glcore`` — need sections and the dynamic table, and pay for importing pyelftools only when asked.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+ELFCLASS32 = 1
+ELFCLASS64 = 2
+EM_386 = 3
+EM_ARM = 40
+EM_X86_64 = 62
+EM_AARCH64 = 183
+EM_PPC64 = 21
+
+# ld.so.cache arch class (flags & 0xff00) -> (ELF class, e_machine) a file in that list must have.
+_CACHE_CLASS_IDENTITY: dict[int, tuple[int, int]] = {
+    0x0000: (ELFCLASS32, EM_386),
+    0x0300: (ELFCLASS64, EM_X86_64),
+    0x0500: (ELFCLASS64, EM_PPC64),
+    0x0900: (ELFCLASS32, EM_ARM),
+    0x0A00: (ELFCLASS64, EM_AARCH64),
+}
+
+
+@dataclass(frozen=True)
+class ElfIdentity:
+    elf_class: int  # ELFCLASS32 / ELFCLASS64
+    little_endian: bool
+    machine: int  # e_machine
+
+
+def read_identity(path: str) -> ElfIdentity | None:
+    """Class, byte order and machine of an ELF file; None if it is not ELF or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] not in (ELFCLASS32, ELFCLASS64) or head[5] not in (1, 2):
+        return None
+    little = head[5] == 1
+    (machine,) = struct.unpack_from("<H" if little else ">H", head, 18)
+    return ElfIdentity(elf_class=head[4], little_endian=little, machine=machine)
+
+
+def matches_cache_class(identity: ElfIdentity | None, arch_class: int) -> bool:
+    """Whether a file may stand in the ld.so.cache list of ``arch_class`` (unknown classes are not judged)."""
+    if identity is None:
+        return False
+    expected = _CACHE_CLASS_IDENTITY.get(arch_class)
+    if expected is None:
+        return True
+    return (identity.elf_class, identity.machine) == expected
+
+
+@dataclass(frozen=True)
+class ElfDetails:
+    soname: str | None
+    needed: tuple[str, ...]
+    abi_note: tuple[int, int, int, int] | None  # (os, major, minor, subminor) from NT_GNU_ABI_TAG
+
+
+def read_details(path: str) -> ElfDetails | None:
+    """SONAME, DT_NEEDED and the GNU ABI tag of an ELF file (None when it is not a readable ELF file)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            soname = None
+            needed: list[str] = []
+            abi: tuple[int, int, int, int] | None = None
+            for section in elf.iter_sections():
+                if isinstance(section, DynamicSection):
+                    for tag in section.iter_tags():
+                        if tag.entry.d_tag == "DT_SONAME":
+                            soname = tag.soname
+                        elif tag.entry.d_tag == "DT_NEEDED":
+                            needed.append(tag.needed)
+                elif section["sh_type"] == "SHT_NOTE":
+                    for note in section.iter_notes():
+                        if note["n_type"] == "NT_GNU_ABI_TAG" and note["n_name"] == "GNU":
+                            desc = note["n_desc"]
+                            abi = (_abi_os_code(desc["abi_os"]), desc["abi_major"], desc["abi_minor"],
+                                   desc["abi_tiny"])
+            return ElfDetails(soname=soname, needed=tuple(needed), abi_note=abi)
+    except (OSError, ELFError, ValueError, KeyError, AttributeError, struct.error):
+        return None
+
+
+def _abi_os_code(value: object) -> int:
+    # pyelftools describes the OS as "ELF_NOTE_OS_LINUX" etc.; NVIDIA compares against Linux = 0.
+    names = {"ELF_NOTE_OS_LINUX": 0, "ELF_NOTE_OS_GNU": 1, "ELF_NOTE_OS_SOLARIS2": 2, "ELF_NOTE_OS_FREEBSD": 3}
+    if isinstance(value, int):
+        return value
+    return names.get(str(value), -1)
+
+
+def has_linux_abi(path: str, version: tuple[int, int, int]) -> bool:
+    """True if the file's GNU ABI note says Linux with exactly ``version`` (NVIDIA's libnvidia-tls test)."""
+    details = read_details(path)
+    return details is not None and details.abi_note == (0, *version)
+
+
+def depends_on(path: str, prefix: str) -> bool:
+    """True if a DT_NEEDED entry of the file starts with ``prefix``."""
+    details = read_details(path)
+    return details is not None and any(dep.startswith(prefix) for dep in details.needed)

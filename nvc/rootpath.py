@@ -1,0 +1,76 @@
+"""Resolve paths inside a directory tree as if it were ``/``, without ever trusting the host's view.
+
+A driver root (``--root /run/nvidia/driver``) or a container rootfs is a tree whose symlinks were written for its
+own ``/``: an apt-installed driver has absolute chains such as ``/usr/bin/nvidia-smi -> /etc/alternatives/...``.
+Following them with the host's ``os.path.realpath`` would read the *host's* files (wrong answers) or, for a
+container, let the container point us anywhere on the host. Here every absolute target is re-rooted and ``..``
+never climbs above the root, the same contract as ``openat2(RESOLVE_IN_ROOT)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+MAX_SYMLINKS = 40  # the kernel's own limit (ELOOP)
+
+
+class RootPathError(OSError):
+    """A path that cannot be resolved inside its root (symlink loop)."""
+
+
+def host_path(root: str, inner: str) -> str:
+    """Join an absolute in-root path to its root, giving the path on the host."""
+    inner = "/" + inner.lstrip("/")
+    if root in ("", "/"):
+        return inner
+    return root.rstrip("/") + (inner if inner != "/" else "")
+
+
+def resolve_in_root(root: str, path: str, *, follow_final: bool = True) -> str:
+    """Return ``path`` with every symlink resolved inside ``root``, as an absolute path relative to ``root``.
+
+    Components that do not exist are kept as they are (the result then names a missing file; callers check).
+    ``follow_final=False`` leaves a final symlink unresolved, like ``lstat``.
+    """
+    pending = [c for c in path.split("/") if c]
+    pending.reverse()  # a stack: the next component is pending[-1]
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = [*resolved, name]
+        if not pending and not follow_final:
+            resolved = candidate
+            break
+        full = host_path(root, "/" + "/".join(candidate))
+        try:
+            st = os.lstat(full)
+        except OSError:
+            # Missing (or unreadable): nothing more to resolve through; keep the rest verbatim but normalised.
+            resolved = candidate
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            resolved = candidate
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise RootPathError(errno.ELOOP, "too many levels of symbolic links", path)
+        target = os.readlink(full)
+        if target.startswith("/"):
+            resolved = []
+        parts = [c for c in target.split("/") if c]
+        pending.extend(reversed(parts))
+    return "/" + "/".join(resolved)
+
+
+def exists_in_root(root: str, inner: str) -> bool:
+    """True when the already-resolved in-root path names an existing file."""
+    return os.path.lexists(host_path(root, inner))

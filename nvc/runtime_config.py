@@ -1,0 +1,323 @@
+"""NVIDIA Container Toolkit's ``config.toml``, as one frozen value.
+
+The hook reads this file before anything else: it decides which environment requests are honoured (unprivileged,
+volume mounts, swarm), which capabilities may be asked for, and how ``nvidia-container-cli`` is invoked. A host that
+had NVIDIA's toolkit installed already has this file, so every key NVIDIA writes must load with NVIDIA's meaning;
+keys we do not know are ignored (NVIDIA adds keys every release), but a known key with the wrong type is an error
+rather than a silent default, because a misread ``no-cgroups`` or ``ldconfig`` changes what a container gets.
+
+Location (NVIDIA's rules): an explicit path (the hook's ``-config``) or ``$NVIDIA_CTK_CONFIG_FILE_PATH`` must exist;
+otherwise ``${XDG_CONFIG_HOME:-/etc}/nvidia-container-runtime/config.toml`` is read when present and the defaults
+apply when it is not. Only :func:`load_config` touches the filesystem; :func:`parse_config` takes text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, get_type_hints
+
+from nvc.components import ALL_CAPABILITIES, Capability
+from nvc.errors import NvcError
+
+CONFIG_PATH_ENV = "NVIDIA_CTK_CONFIG_FILE_PATH"
+XDG_CONFIG_HOME_ENV = "XDG_CONFIG_HOME"
+RELATIVE_CONFIG_PATH = "nvidia-container-runtime/config.toml"
+DEFAULT_CONFIG_PATH = "/etc/" + RELATIVE_CONFIG_PATH
+
+DEFAULT_LDCONFIG = "@/sbin/ldconfig"
+CUDA_COMPAT_MODES = ("disabled", "hook", "ldconfig", "mount")
+
+PathExists = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class ContainerCliConfig:
+    """``[nvidia-container-cli]``: how the hook invokes the CLI. Empty strings mean "flag not passed"."""
+
+    root: str = ""
+    path: str = ""
+    environment: tuple[str, ...] = ()
+    debug: str = ""
+    ldcache: str = ""
+    load_kmods: bool = True
+    no_pivot: bool = False
+    no_cgroups: bool = False
+    user: str = ""
+    # Already normalised: "@/sbin/ldconfig" becomes "@/sbin/ldconfig.real" where that exists (Debian's wrapper).
+    ldconfig: str = DEFAULT_LDCONFIG
+
+
+@dataclass(frozen=True)
+class CdiModeConfig:
+    """``[nvidia-container-runtime.modes.cdi]``."""
+
+    default_kind: str = "nvidia.com/gpu"
+    annotation_prefixes: tuple[str, ...] = ("cdi.k8s.io/",)
+    spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
+
+
+@dataclass(frozen=True)
+class CsvModeConfig:
+    """``[nvidia-container-runtime.modes.csv]`` (Tegra)."""
+
+    mount_spec_path: str = "/etc/nvidia-container-runtime/host-files-for-container.d"
+
+
+@dataclass(frozen=True)
+class LegacyModeConfig:
+    """``[nvidia-container-runtime.modes.legacy]``: how CUDA forward-compat libraries in an image are used."""
+
+    cuda_compat_mode: str = "ldconfig"
+
+
+@dataclass(frozen=True)
+class RuntimeModesConfig:
+    """``[nvidia-container-runtime.modes]``."""
+
+    cdi: CdiModeConfig = field(default_factory=CdiModeConfig)
+    csv: CsvModeConfig = field(default_factory=CsvModeConfig)
+    legacy: LegacyModeConfig = field(default_factory=LegacyModeConfig)
+
+
+@dataclass(frozen=True)
+class ContainerRuntimeConfig:
+    """``[nvidia-container-runtime]``: the runc wrapper's settings (mode: auto | legacy | cdi | jit-cdi | csv)."""
+
+    debug: str = "/dev/null"
+    log_level: str = "info"
+    mode: str = "auto"
+    runtimes: tuple[str, ...] = ("runc", "crun")
+    modes: RuntimeModesConfig = field(default_factory=RuntimeModesConfig)
+
+
+@dataclass(frozen=True)
+class RuntimeHookConfig:
+    """``[nvidia-container-runtime-hook]``."""
+
+    path: str = "nvidia-container-runtime-hook"
+    skip_mode_detection: bool = False
+
+
+@dataclass(frozen=True)
+class CtkConfig:
+    """``[nvidia-ctk]``."""
+
+    path: str = "nvidia-ctk"
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """``[features]``: opt-in switches, all off unless set to true."""
+
+    allow_cuda_compat_libs_from_container: bool = False
+    allow_ldconfig_from_container: bool = False
+    disable_cuda_compat_lib_hook: bool = False
+    disable_imex_channel_creation: bool = False
+    ignore_imex_channel_requests: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The whole file. ``swarm_resource`` is the comma-separated TOML string already split into env var names;
+    ``supported_driver_capabilities`` is the validated set (``"all"`` expanded); ``source`` is the file that was
+    read, None when the defaults apply."""
+
+    disable_require: bool = False
+    swarm_resource: tuple[str, ...] = ()
+    accept_envvar_unprivileged: bool = True
+    accept_device_list_as_volume_mounts: bool = False
+    supported_driver_capabilities: frozenset[Capability] = frozenset(ALL_CAPABILITIES)
+    cli: ContainerCliConfig = field(default_factory=ContainerCliConfig)
+    runtime: ContainerRuntimeConfig = field(default_factory=ContainerRuntimeConfig)
+    hook: RuntimeHookConfig = field(default_factory=RuntimeHookConfig)
+    ctk: CtkConfig = field(default_factory=CtkConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    source: str | None = None
+
+
+# A field's TOML key is its name with dashes, except these (NVIDIA's names are long or prefixed).
+_TOML_KEYS = {
+    (RuntimeConfig, "accept_envvar_unprivileged"): "accept-nvidia-visible-devices-envvar-when-unprivileged",
+    (RuntimeConfig, "accept_device_list_as_volume_mounts"): "accept-nvidia-visible-devices-as-volume-mounts",
+    (RuntimeConfig, "cli"): "nvidia-container-cli",
+    (RuntimeConfig, "runtime"): "nvidia-container-runtime",
+    (RuntimeConfig, "hook"): "nvidia-container-runtime-hook",
+    (RuntimeConfig, "ctk"): "nvidia-ctk",
+}
+# Fields typed richer than their TOML value (a string there), finished in _finish; "source" is not in the file.
+_TOML_STRING_FIELDS = {(RuntimeConfig, "swarm_resource"), (RuntimeConfig, "supported_driver_capabilities")}
+_NOT_IN_FILE = {(RuntimeConfig, "source")}
+
+
+def _swarm_names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+class _ConfigValueError(Exception):
+    """A known key with an unusable value; the message names the dotted key."""
+
+
+def normalize_ldconfig_path(value: str, path_exists: PathExists = os.path.exists) -> str:
+    """NVIDIA's ``NormalizeLDConfigPath``: for a host path (``@`` prefix) prefer ``<path>.real`` when it exists
+    — Debian/Ubuntu ship ``/sbin/ldconfig`` as a shell wrapper around ``/sbin/ldconfig.real`` — and fall back to
+    the plain path when it does not, whichever of the two was configured."""
+    if not value.startswith("@"):
+        return value
+    base = value[1:].removesuffix(".real")
+    if path_exists(base + ".real"):
+        return "@" + base + ".real"
+    return "@" + base
+
+
+def default_config(path_exists: PathExists = os.path.exists) -> RuntimeConfig:
+    """The built-in defaults (no file), with the ldconfig default resolved against the host."""
+    return RuntimeConfig(cli=ContainerCliConfig(ldconfig=normalize_ldconfig_path(DEFAULT_LDCONFIG, path_exists)))
+
+
+def config_file_path(environ: Mapping[str, str] = os.environ) -> tuple[str, bool]:
+    """Where the config lives and whether it must exist: ``$NVIDIA_CTK_CONFIG_FILE_PATH`` (required), else
+    ``${XDG_CONFIG_HOME:-/etc}/nvidia-container-runtime/config.toml`` (optional)."""
+    override = environ.get(CONFIG_PATH_ENV, "")
+    if override:
+        return override, True
+    root = environ.get(XDG_CONFIG_HOME_ENV, "") or "/etc"
+    return os.path.join(root, RELATIVE_CONFIG_PATH), False
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    path_exists: PathExists = os.path.exists,
+) -> RuntimeConfig:
+    """Read and validate the toolkit config. ``path`` is an explicit file (the hook's ``-config``) and, like
+    ``$NVIDIA_CTK_CONFIG_FILE_PATH``, must exist; the default location may be absent (defaults). ``path_exists`` is
+    how ``ldconfig.real`` is probed, replaceable in tests. Errors are ``NvcError("input", "<path>: <reason>")``."""
+    required = True
+    if not path:
+        path, required = config_file_path(environ)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        if required:
+            raise NvcError("input", f"{path}: couldn't open required configuration file: no such file") from None
+        return default_config(path_exists)
+    except OSError as exc:
+        raise NvcError("input", f"{path}: couldn't open configuration file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NvcError("input", f"{path}: invalid TOML: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    return parse_config(text, path, path_exists=path_exists)
+
+
+def parse_config(text: str, source: str = "config.toml", *, path_exists: PathExists = os.path.exists) -> RuntimeConfig:
+    """Turn config.toml text into a :class:`RuntimeConfig`; ``source`` names the file in error messages."""
+    import tomllib  # only the hook reads TOML; keep it off the CLI's import path
+
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise NvcError("input", f"{source}: invalid TOML: {exc}") from None
+    try:
+        config = _build(RuntimeConfig, document, "")
+        config = _finish(config, document, path_exists)
+    except _ConfigValueError as exc:
+        raise NvcError("input", f"{source}: {exc}") from None
+    return replace(config, source=source)
+
+
+def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
+    """Fill a config dataclass from a TOML table: known keys are type-checked, missing keys keep their default,
+    unknown keys are ignored. Values needing more than a type check are finished in :func:`_finish`."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for item in fields(cls):
+        if (cls, item.name) in _NOT_IN_FILE:
+            continue
+        toml_key = _TOML_KEYS.get((cls, item.name), item.name.replace("_", "-"))
+        if toml_key not in table:
+            continue
+        value = table[toml_key]
+        dotted = prefix + toml_key
+        hint = str if (cls, item.name) in _TOML_STRING_FIELDS else hints[item.name]
+        if is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise _ConfigValueError(f"{dotted}: expected a table, got {_toml_type(value)}")
+            values[item.name] = _build(hint, value, dotted + ".")
+        elif hint is bool:
+            if not isinstance(value, bool):
+                raise _ConfigValueError(f"{dotted}: expected a boolean, got {_toml_type(value)}")
+            values[item.name] = value
+        elif hint is str:
+            if not isinstance(value, str):
+                raise _ConfigValueError(f"{dotted}: expected a string, got {_toml_type(value)}")
+            values[item.name] = value
+        else:  # tuple[str, ...]
+            if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+                raise _ConfigValueError(f"{dotted}: expected an array of strings, got {_toml_type(value)}")
+            values[item.name] = tuple(value)
+    return cls(**values)
+
+
+def _finish(config: RuntimeConfig, document: Mapping[str, Any], path_exists: PathExists) -> RuntimeConfig:
+    """Apply the value rules NVIDIA applies after unmarshalling: swarm names split, capabilities validated, ldconfig
+    checked for host-relativeness and normalised, cuda-compat-mode checked."""
+    swarm = document.get("swarm-resource", "")
+    supported = _supported_capabilities(document.get("supported-driver-capabilities"))
+
+    ldconfig = config.cli.ldconfig
+    if not ldconfig.startswith("@") and not config.features.allow_ldconfig_from_container:
+        raise _ConfigValueError(
+            f"nvidia-container-cli.ldconfig value \"{ldconfig}\" is not host-relative (does not start with a '@'); "
+            "set [features] allow-ldconfig-from-container = true to run an ldconfig from the container"
+        )
+    cli = replace(config.cli, ldconfig=normalize_ldconfig_path(ldconfig, path_exists))
+
+    compat_mode = config.runtime.modes.legacy.cuda_compat_mode
+    if compat_mode not in CUDA_COMPAT_MODES:
+        raise _ConfigValueError(
+            f"nvidia-container-runtime.modes.legacy.cuda-compat-mode: invalid value {compat_mode!r} "
+            f"(expected one of {', '.join(CUDA_COMPAT_MODES)})"
+        )
+    return replace(
+        config,
+        swarm_resource=_swarm_names(swarm) if isinstance(swarm, str) else (),
+        supported_driver_capabilities=supported,
+        cli=cli,
+    )
+
+
+def _supported_capabilities(value: str | None) -> frozenset[Capability]:
+    """``supported-driver-capabilities``: exactly ``all`` means every capability; otherwise a comma list that must
+    be a subset of the seven NVIDIA knows (the hook refuses to start otherwise)."""
+    if value is None or value == "all":
+        return frozenset(ALL_CAPABILITIES)
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    known = {capability.value for capability in ALL_CAPABILITIES}
+    if not names <= known:
+        raise _ConfigValueError(
+            f"invalid value for config option 'supported-driver-capabilities'; {value} "
+            f"(supported: {','.join(sorted(known))})"
+        )
+    return frozenset(Capability(name) for name in names)
+
+
+def _toml_type(value: Any) -> str:
+    """TOML's name for a decoded value, for messages."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return "date/time"

@@ -2,7 +2,9 @@
 
 Driver discovery reads the host's (or a driver root's) cache through :func:`read_cache` and keeps the entries
 whose ABI class matches :func:`host_arch_classes`; the CLI's ``ldconfig -p``-style listing uses
-:func:`format_cache`. Importing this package costs only ``struct`` and ``dataclasses``.
+:func:`format_cache`. :mod:`nvc.ldcache.writer` writes caches as glibc's ldconfig does and merges injected
+libraries (:func:`merge_cache_bytes`); its names are exported here but imported lazily, so importing this
+package still costs only ``struct`` and ``dataclasses``.
 """
 
 from nvc.ldcache.format import (
@@ -43,6 +45,32 @@ from nvc.ldcache.format import (
 from nvc.ldcache.printer import format_cache, format_entry
 from nvc.ldcache.reader import MAX_CACHE_SIZE, CacheEntry, LdCache, LdCacheError, parse_cache, read_cache
 
+#: The writer (nvc.ldcache.writer) is imported on first use of one of these names, so readers don't pay for it.
+_WRITER_EXPORTS = frozenset(
+    {
+        "CacheImage",
+        "LibraryAddition",
+        "SearchDirectory",
+        "ldconfig_search_dirs",
+        "load_cache_image",
+        "merge_cache_bytes",
+        "merge_libraries",
+        "serialize_cache",
+        "serialize_image",
+        "soname_links",
+        "sort_entries",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _WRITER_EXPORTS:
+        from nvc.ldcache import writer
+
+        return getattr(writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ARCH_AARCH64",
     "ARCH_ARMHF",
@@ -75,14 +103,25 @@ __all__ = [
     "STRING_ENCODING",
     "STRING_ERRORS",
     "CacheEntry",
+    "CacheImage",
     "LdCache",
     "LdCacheError",
+    "LibraryAddition",
+    "SearchDirectory",
     "arch_text",
     "format_cache",
     "format_entry",
     "host_arch_classes",
     "is_hwcaps_extension",
+    "ldconfig_search_dirs",
+    "load_cache_image",
+    "merge_cache_bytes",
+    "merge_libraries",
     "parse_cache",
     "read_cache",
+    "serialize_cache",
+    "serialize_image",
+    "soname_links",
+    "sort_entries",
     "type_text",
 ]

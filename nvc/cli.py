@@ -9,47 +9,19 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from dataclasses import dataclass
 
 import click
 
 from nvc import CLI_COMPAT_VERSION, __version__
+from nvc.components import Capability
+from nvc.device_select import split_device_list
 from nvc.errors import NvcError
-
-
-@dataclass
-class GlobalOptions:
-    """Options that precede the command."""
-
-    debug: str | None = None
-    load_kmods: bool = False
-    no_pivot: bool = False
-    user: tuple[int, int] | None = None
-    root: str = "/"
-    ldcache: str = "/etc/ld.so.cache"
-    no_create_imex_channels: bool = False
+from nvc.options import GlobalOptions, parse_user
 
 
 def _prog_name() -> str:
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "nvc"
     return "nvidia-container-cli" if name == "nvidia-container-cli" else "nvc"
-
-
-def parse_user(value: str | None) -> tuple[int, int] | None:
-    """``--user[=UID[:GID]]``: without a value, the caller's own ids (NVIDIA's default is root)."""
-    if value is None:
-        return None
-    if value == "":
-        return os.geteuid(), os.getegid()
-    uid_text, _, gid_text = value.partition(":")
-    try:
-        uid = int(uid_text)
-        gid = int(gid_text) if gid_text else uid
-    except ValueError:
-        raise NvcError("input", f"invalid user: {value}") from None
-    if uid < 0 or gid < 0:
-        raise NvcError("input", f"invalid user: {value}")
-    return uid, gid
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -146,6 +118,79 @@ def list_(opts: GlobalOptions, as_json: bool, **options) -> None:
         )
     items = select_list_items(inventory, request)
     _write(format_json([item.to_json() for item in items]) if as_json else format_list_text(items))
+
+
+_CAPABILITY_FLAGS = (
+    ("-c", "--compute", "compute"),
+    ("-u", "--utility", "utility"),
+    ("-v", "--video", "video"),
+    ("-g", "--graphics", "graphics"),
+    ("-D", "--display", "display"),
+    ("-n", "--ngx", "ngx"),
+    (None, "--compat32", "compat32"),
+)
+
+
+def _capability_options(func):
+    for short, long, cap in reversed(_CAPABILITY_FLAGS):
+        decls = [d for d in (short, long) if d]
+        func = click.option(*decls, cap, is_flag=True, help=f"Enable {cap} capability.")(func)
+    return func
+
+
+@cli.command()
+@click.option("-p", "--pid", type=int, metavar="PID", help="Container PID (default: the caller's namespaces).")
+@click.option("-d", "--device", "devices", multiple=True, metavar="ID", help="Device UUID(s) or index(es) to isolate.")
+@click.option("-r", "--require", "requirements", multiple=True, metavar="EXPR", help="Check container requirements.")
+@click.option("-l", "--ldconfig", metavar="PATH", help="Path to the ldconfig binary (@ prefix: a host binary).")
+@_capability_options
+@click.option("--mig-config", multiple=True, metavar="ID", help="Enable MIG configuration of these devices.")
+@click.option("--mig-monitor", multiple=True, metavar="ID", help="Enable MIG monitoring of these devices.")
+@click.option("--imex-channel", "imex_channels", multiple=True, metavar="ID", help="IMEX channel(s) to expose.")
+@click.option("--no-cgroups", is_flag=True, help="Don't set up device cgroups.")
+@click.option("--no-devbind", is_flag=True, help="Don't bind mount device nodes.")
+@click.option("--no-persistenced", is_flag=True, help="Don't include the persistenced socket.")
+@click.option("--no-fabricmanager", is_flag=True, help="Don't include the fabricmanager socket.")
+@click.option("--no-gsp-firmware", is_flag=True, help="Don't include GSP firmware.")
+@click.option("--no-cntlibs", is_flag=True, help="Don't overwrite host mounts with container libraries.")
+@click.option("--cuda-compat-mode", type=click.Choice(["mount", "ldconfig", "disabled"]), default="mount",
+              show_default=True, help="How CUDA forward-compat libraries in the image are used.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (nvc extension).")
+@click.argument("rootfs", required=False)
+@click.pass_obj
+def configure(opts: GlobalOptions, rootfs: str | None, dry_run: bool, **options) -> None:
+    """Configure a container with GPU support by exposing device drivers to it."""
+    from nvc.configure import configure_container
+    from nvc.request import ConfigureRequest
+
+    if not rootfs or not rootfs.startswith("/") or os.path.normpath(rootfs) == "/":
+        raise NvcError("input", "invalid rootfs directory")
+    caps = frozenset(Capability(cap) for _, _, cap in _CAPABILITY_FLAGS if options.pop(cap))
+    request = ConfigureRequest(
+        rootfs=os.path.normpath(rootfs),
+        pid=options.pop("pid"),
+        devices=tuple(split_device_list(options.pop("devices"))),
+        capabilities=caps,
+        mig_config=tuple(options.pop("mig_config")),
+        mig_monitor=tuple(options.pop("mig_monitor")),
+        imex_channels=tuple(options.pop("imex_channels")),
+        requirements=tuple(options.pop("requirements")),
+        **options,
+    )
+    for line in configure_container(opts, request, dry_run=dry_run):
+        click.echo(line)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                               "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def hook(args: tuple[str, ...]) -> None:
+    """The OCI hook (same as nvidia-container-runtime-hook): [-config FILE] [-debug] STAGE."""
+    from nvc.hook import main as hook_main
+
+    code = hook_main(list(args))
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 @cli.command()

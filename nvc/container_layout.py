@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 
 from nvc.rootpath import host_path, resolve_in_root
 
@@ -33,3 +34,34 @@ def library_dirs(rootfs: str | None, machine: str | None = None) -> tuple[str, s
         if not os.path.isdir(host_path(rootfs, lib32_inner)):
             return "/usr/lib64", "/usr/lib"
     return "/usr/lib64", "/usr/lib32"
+
+
+CUDA_COMPAT_DIR = "/usr/local/cuda/compat"
+
+
+@dataclass(frozen=True)
+class ContainerLayout:
+    """What the planner needs to know about an image: its library dirs and the CUDA forward-compat libraries it
+    ships (in-rootfs paths of ``/usr/local/cuda/compat/lib*.so.*`` real files)."""
+
+    libdir: str
+    lib32dir: str | None
+    cuda_compat_libs: tuple[str, ...] = ()
+
+
+def inspect_rootfs(rootfs: str, machine: str | None = None) -> ContainerLayout:
+    """Read (never write) the container image to decide its layout. Every path is resolved inside ``rootfs``."""
+    libdir, lib32dir = library_dirs(rootfs, machine)
+    compat_dir = resolve_in_root(rootfs, CUDA_COMPAT_DIR)
+    compat: list[str] = []
+    try:
+        names = sorted(os.listdir(host_path(rootfs, compat_dir)))
+    except OSError:
+        names = []
+    for name in names:
+        if not (name.startswith("lib") and ".so." in name):
+            continue
+        inner = f"{compat_dir}/{name}"
+        if os.path.isfile(host_path(rootfs, inner)) and not os.path.islink(host_path(rootfs, inner)):
+            compat.append(inner)
+    return ContainerLayout(libdir, lib32dir, tuple(compat))

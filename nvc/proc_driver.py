@@ -38,3 +38,25 @@ def parse_device_majors(text: str) -> dict[str, int]:
         if in_char and len(parts) == 2 and parts[0].isdigit():
             majors.setdefault(parts[1], int(parts[0]))
     return majors
+
+
+def rewrite_params(text: str) -> str:
+    """The driver's ``params`` with ``ModifyDeviceFiles: 0``, so CUDA inside the container never tries to create
+    or chmod device nodes (it can't, and must not)."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        key, sep, _value = line.partition(":")
+        if sep and key.strip() == "ModifyDeviceFiles":
+            newline = "\n" if line.endswith("\n") else ""
+            line = f"{key}: 0{newline}"
+        lines.append(line)
+    return "".join(lines)
+
+
+def proc_bus_id(nvml_bus_id: str) -> str:
+    """NVML's ``00000000:3b:00.0`` → the ``/proc/driver/nvidia/gpus`` directory name ``0000:3b:00.0``."""
+    domain, _, rest = nvml_bus_id.partition(":")
+    try:
+        return f"{int(domain, 16):04x}:{rest.lower()}"
+    except ValueError:
+        return nvml_bus_id.lower()

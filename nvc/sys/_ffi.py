@@ -22,6 +22,7 @@ int mount(const char *source, const char *target, const char *filesystemtype, un
 int umount2(const char *target, int flags);
 int setns(int fd, int nstype);
 int unshare(int flags);
+int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
 long syscall(long number, ...);
 
 struct mount_attr {

@@ -1,0 +1,81 @@
+"""``configure``: from a request to a container that has the driver, or to one error line and nothing changed.
+
+Order of work, as libnvidia-container: check privileges and input, ask NVML (driver version, GPUs), select the
+devices, check the image's requirements, read the image's layout, plan, then apply the plan inside the container's
+mount namespace (or print it with ``--dry-run``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from nvc.device_select import select_devices, split_device_list
+from nvc.errors import NvcError
+from nvc.request import ConfigureRequest
+
+if TYPE_CHECKING:
+    from nvc.debuglog import DebugLog
+    from nvc.options import GlobalOptions
+    from nvc.plan import Plan
+
+
+def _imex_channels(values: tuple[str, ...]) -> tuple[int, ...]:
+    channels = []
+    for item in split_device_list(values):
+        if not item.isdigit():
+            raise NvcError("input", f"invalid IMEX channel: {item}")
+        channels.append(int(item))
+    return tuple(channels)
+
+
+def _mig_option(stage: str, values: tuple[str, ...], selection_gpus) -> bool:
+    """``--mig-config/--mig-monitor``: NVIDIA accepts ``all`` or ids of GPUs that must be selected."""
+    items = split_device_list(values)
+    if not items:
+        return False
+    for item in items:
+        if item.lower() != "all" and not any(item in (str(g.index), g.uuid) for g in selection_gpus):
+            raise NvcError(stage, f"{item}: device not selected")
+    return True
+
+
+def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
+    """Everything up to the plan: NVML, device selection, requirements, image layout."""
+    from nvc.container_layout import inspect_rootfs
+    from nvc.inventory import build_inventory
+    from nvc.plan import plan_configure
+    from nvc.requirements import check_requirements, parse_requirements
+
+    requirements = parse_requirements(request.requirements)
+    if not os.path.isdir(request.rootfs):
+        raise NvcError("input", f"invalid rootfs directory: {request.rootfs}")
+    inventory = build_inventory(opts.root, opts.ldcache, opts.user)
+    driver = inventory.driver_info
+    assert driver is not None  # build_inventory raises when NVML fails unless asked not to
+    selection = select_devices(request.devices, driver.gpus)
+    check_requirements(requirements, driver, selection.gpus)
+    mig_config = _mig_option("mig-config", request.mig_config, selection.gpus)
+    mig_monitor = _mig_option("mig-monitor", request.mig_monitor, selection.gpus)
+    layout = inspect_rootfs(request.rootfs)
+    return plan_configure(inventory, request, layout, selection, mig_config, mig_monitor,
+                          _imex_channels(request.imex_channels))
+
+
+def configure_container(
+    opts: GlobalOptions, request: ConfigureRequest, dry_run: bool = False, log: DebugLog | None = None
+) -> list[str]:
+    """Run configure; returns lines to print (the plan for ``--dry-run``, warnings otherwise)."""
+    from nvc.plan import describe
+
+    if not dry_run and os.geteuid() != 0:
+        raise NvcError("permission", "superuser privileges required (configure mounts into the container)")
+    if request.pid is not None and not os.path.isdir(f"/proc/{request.pid}"):
+        raise NvcError("container", f"process {request.pid} not found")
+    plan = build_plan(opts, request)
+    if dry_run:
+        return [describe(op) for op in plan.operations]
+    from nvc.debuglog import DebugLog
+    from nvc.executor import apply_plan
+
+    return apply_plan(plan, request.pid, log or DebugLog(opts.debug))

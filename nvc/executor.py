@@ -1,0 +1,228 @@
+"""Apply a plan inside the container's mount namespace — all of it, or nothing.
+
+Host-side preparation happens first (reading /proc/driver/nvidia files, checking device nodes, opening a host
+ldconfig, adding device-cgroup rules: cgroupfs is a host path). Then we ``setns`` into the container's mount
+namespace (the process must be single-threaded), do every mount through :mod:`nvc.container_fs` — targets resolved
+inside the rootfs, never through a container-controlled symlink, mounted by fd — run ldconfig chrooted, and
+``setns`` back. Any failure rolls back every mount and placeholder made so far and the cgroup rules, then raises.
+
+Running twice on one container is idempotent: a target that already shows the same file as its source (same
+device and inode, i.e. our earlier bind mount) is left alone, and so is a /proc/driver/nvidia that is already
+our tmpfs.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import contextmanager, suppress
+
+from nvc.debuglog import NULL_LOG, DebugLog
+from nvc.errors import NvcError
+from nvc.plan import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
+
+
+def _os_message(exc: OSError) -> str:
+    text = (exc.strerror or str(exc)).lower()
+    return f"{exc.filename}: {text}" if exc.filename else text
+
+
+def container_owner(pid: int | None) -> tuple[int, int]:
+    """uid/gid owning the container's process (NVIDIA runs ldconfig as them)."""
+    try:
+        st = os.stat(f"/proc/{pid if pid is not None else os.getppid()}")
+    except OSError as exc:
+        raise NvcError("container", f"process {pid}: {_os_message(exc)}") from None
+    return st.st_uid, st.st_gid
+
+
+def _read_proc_files(plan: Plan) -> dict[str, dict[str, bytes]]:
+    """Contents for each tmpfs, read on the host side; ``params`` gets ModifyDeviceFiles: 0."""
+    from nvc.proc_driver import rewrite_params
+
+    contents: dict[str, dict[str, bytes]] = {}
+    for op in plan.of_type(Tmpfs):
+        files: dict[str, bytes] = {}
+        for name, source in op.files:
+            try:
+                with open(source, "rb") as f:
+                    data = f.read(1 << 20)
+            except OSError as exc:
+                raise NvcError("mount", f"open failed: {_os_message(exc)}") from None
+            if name == "params":
+                data = rewrite_params(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+            files[name] = data
+        contents[op.target] = files
+    return contents
+
+
+def _check_devices(plan: Plan) -> None:
+    """Each host node must exist and be the character device the plan expects (st_rdev), as NVIDIA checks."""
+    for op in plan.of_type(Bind):
+        if op.device is None:
+            continue
+        try:
+            st = os.stat(op.source)
+        except OSError as exc:
+            raise NvcError("mount", f"stat failed: {_os_message(exc)}") from None
+        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != op.device:
+            raise NvcError("mount", f"unexpected device node: {op.source}")
+
+
+@contextmanager
+def mount_namespace_of(pid: int | None):
+    """Enter ``pid``'s mount namespace for the block, then return to ours (and to our working directory)."""
+    if pid is None:
+        yield
+        return
+    from nvc.sys.namespaces import CLONE_NEWNS, open_ns, setns
+
+    try:
+        target = open_ns(pid, CLONE_NEWNS)
+    except OSError as exc:
+        raise NvcError("container", f"open failed: /proc/{pid}/ns/mnt: {(exc.strerror or '').lower()}") from None
+    own = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        try:
+            setns(target, CLONE_NEWNS)
+        except OSError as exc:
+            raise NvcError("container", f"mount namespace change failed: {_os_message(exc)}") from None
+        try:
+            yield
+        finally:
+            setns(own, CLONE_NEWNS)
+            with suppress(OSError):
+                os.fchdir(cwd)
+    finally:
+        for fd in (target, own, cwd):
+            os.close(fd)
+
+
+def _mounted_tmpfs(host_target: str) -> bool:
+    """Whether ``host_target`` (a path in the current mount namespace) is already a tmpfs mount point."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 10 or "-" not in fields:
+                    continue
+                point = fields[4].encode().decode("unicode_escape") if "\\" in fields[4] else fields[4]
+                if point == host_target and fields[fields.index("-") + 1] == "tmpfs":
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _same_file(root, source: str | int, inner: str) -> bool:
+    existing = root.lstat(inner)
+    if existing is None:
+        return False
+    try:
+        st = os.stat(source) if isinstance(source, str) else os.fstat(source)
+    except OSError:
+        return False
+    return (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog) -> list[str]:
+    from nvc.container_fs import open_root
+
+    warnings: list[str] = []
+    with open_root(plan.rootfs) as root:
+        for op in plan.operations:
+            if isinstance(op, Tmpfs):
+                inner_host = root.host_path(op.target)
+                resolved = os.path.realpath(inner_host) if os.path.isdir(inner_host) else inner_host
+                if _mounted_tmpfs(resolved) and root.lstat(f"{op.target}/version") is not None:
+                    log.info(f"skipping {op.target}: already mounted")
+                    continue
+                files = proc_contents.get(op.target, {})
+
+                def populate(dir_fd: int, files=files) -> None:
+                    for name, data in files.items():
+                        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444,
+                                     dir_fd=dir_fd)
+                        try:
+                            os.write(fd, data)
+                        finally:
+                            os.close(fd)
+
+                root.mount_tmpfs(op.target, op.mode, populate=populate, undo=undo)
+                log.info(f"mounting tmpfs at {root.host_path(op.target)}")
+            elif isinstance(op, Bind):
+                source: str | int = op.source
+                source_fd = None
+                if op.source_in_rootfs:
+                    source_fd = root.resolve_fd(op.source, os.O_PATH)
+                    source = source_fd
+                try:
+                    if _same_file(root, source, op.target):
+                        log.info(f"skipping {op.target}: already mounted")
+                        continue
+                    bind = root.bind_dir if op.directory else root.bind_file
+                    _mount, created = bind(source, op.target, readonly=op.readonly, nosuid=op.nosuid,
+                                           nodev=op.nodev, noexec=op.noexec, undo=undo)
+                finally:
+                    if source_fd is not None:
+                        os.close(source_fd)
+                if not created and not op.directory:
+                    warnings.append(f"warning: {op.target} exists in the container image; mounted over it")
+                log.info(f"mounting {op.source} at {root.host_path(op.target)}")
+            elif isinstance(op, Symlink):
+                root.create_symlink(op.target, op.value, undo=undo)
+                log.info(f"creating symlink {root.host_path(op.target)} -> {op.value}")
+    return warnings
+
+
+def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG) -> list[str]:
+    """Apply ``plan`` to the container of ``pid`` (None: in our own mount namespace); returns warnings."""
+    from nvc.container_fs import Undo
+    from nvc.ldconfig_exec import open_host_ldconfig, run_ldconfig
+
+    uid, gid = container_owner(pid)
+    proc_contents = _read_proc_files(plan)
+    _check_devices(plan)
+    ld_ops = plan.of_type(UpdateLdCache)
+    ldconfig_fd = open_host_ldconfig(ld_ops[0].ldconfig) if ld_ops else None
+    cgroup_change = None
+    try:
+        rules = plan.of_type(CgroupAllow)
+        if rules:
+            from nvc.cgroups import DeviceRule, allow_devices, detect_cgroup
+
+            target = detect_cgroup(pid if pid is not None else os.getppid())
+            cgroup_change = allow_devices(
+                target, [DeviceRule(r.device_type, r.major, r.minor, r.access) for r in rules]
+            )
+            log.info(f"device cgroup rules added to {target.path}: {', '.join(map(str, cgroup_change.rules))}")
+        with mount_namespace_of(pid):
+            undo = Undo()
+            try:
+                warnings = _apply_mounts(plan, proc_contents, undo, log)
+                for op in ld_ops:
+                    skipped = run_ldconfig(plan.rootfs, op.ldconfig, ldconfig_fd, op.directories, uid, gid)
+                    if skipped:
+                        log.info(skipped)
+                    else:
+                        log.info(f"executed ldconfig for {' '.join(op.directories)}")
+            except BaseException:
+                undo.rollback()
+                raise
+            undo.commit()
+    except BaseException:
+        if cgroup_change is not None:
+            with suppress(Exception):
+                cgroup_change.undo()
+        raise
+    finally:
+        if ldconfig_fd is not None:
+            os.close(ldconfig_fd)
+    for line in warnings:
+        log.warning(line)
+    return warnings
+
+
+def as_nvc_error(exc: OSError, stage: str = "mount") -> NvcError:
+    return NvcError(stage, _os_message(exc))

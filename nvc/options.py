@@ -1,0 +1,51 @@
+"""Global options shared by every entry point (CLI, hook, runsc's argv): plain values, no click, so the hot
+paths can build them without importing the CLI framework."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from nvc.errors import NvcError
+
+
+@dataclass
+class GlobalOptions:
+    """Options that precede the command."""
+
+    debug: str | None = None
+    load_kmods: bool = False
+    no_pivot: bool = False
+    user: tuple[int, int] | None = None
+    root: str = "/"
+    ldcache: str = "/etc/ld.so.cache"
+    no_create_imex_channels: bool = False
+
+
+def parse_user(value: str | None) -> tuple[int, int] | None:
+    """``--user[=UID[:GID]]``: without a value, the caller's own ids (NVIDIA's default is root)."""
+    if value is None:
+        return None
+    if value == "":
+        return os.geteuid(), os.getegid()
+    uid_text, _, gid_text = value.partition(":")
+    try:
+        uid = int(uid_text) if uid_text.isdigit() else _user_id(uid_text)
+        gid = (int(gid_text) if gid_text.isdigit() else _group_id(gid_text)) if gid_text else uid
+    except (ValueError, KeyError):
+        raise NvcError("input", f"invalid user: {value}") from None
+    if uid < 0 or gid < 0:
+        raise NvcError("input", f"invalid user: {value}")
+    return uid, gid
+
+
+def _user_id(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
+
+
+def _group_id(name: str) -> int:
+    import grp
+
+    return grp.getgrnam(name).gr_gid

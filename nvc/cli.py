@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of both console scripts: run the command, turn every failure into one line and exit 1."""
     prog = _prog_name()
     try:
-        cli.main(args=argv, prog_name=prog, standalone_mode=False)
+        result = cli.main(args=argv, prog_name=prog, standalone_mode=False)
     except NvcError as exc:
         click.echo(f"{prog}: {exc}", err=True)
         return 1
@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"{prog}: error: {type(exc).__name__}: {exc}", err=True)
         return 1
-    return 0
+    # click returns the code of an Exit raised by a command instead of raising it when not in standalone mode.
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -18,3 +18,18 @@ def test_mig_minors():
 def test_device_majors_char_section_only():
     text = "Character devices:\n  1 mem\n195 nvidia-frontend\n510 nvidia-uvm\n\nBlock devices:\n  8 sd\n"
     assert parse_device_majors(text) == {"mem": 1, "nvidia-frontend": 195, "nvidia-uvm": 510}
+
+
+def test_params_rewrite_only_touches_modify_device_files():
+    from nvc.proc_driver import rewrite_params
+
+    text = "ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 1\nDeviceFileUID: 0\n"
+    assert rewrite_params(text) == "ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 0\nDeviceFileUID: 0\n"
+    assert rewrite_params("ModifyDeviceFiles: 1") == "ModifyDeviceFiles: 0"
+
+
+def test_proc_bus_id():
+    from nvc.proc_driver import proc_bus_id
+
+    assert proc_bus_id("00000000:3B:00.0") == "0000:3b:00.0"
+    assert proc_bus_id("00010000:af:00.0") == "10000:af:00.0"

@@ -130,50 +130,62 @@ def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog) -> list[str]:
     from nvc.container_fs import open_root
 
     warnings: list[str] = []
-    with open_root(plan.rootfs) as root:
+    try:
+        root = open_root(plan.rootfs)
+    except OSError as exc:
+        raise NvcError("mount", f"open failed: {_os_message(exc)}") from None
+    with root:
         for op in plan.operations:
-            if isinstance(op, Tmpfs):
-                inner_host = root.host_path(op.target)
-                resolved = os.path.realpath(inner_host) if os.path.isdir(inner_host) else inner_host
-                if _mounted_tmpfs(resolved) and root.lstat(f"{op.target}/version") is not None:
-                    log.info(f"skipping {op.target}: already mounted")
-                    continue
-                files = proc_contents.get(op.target, {})
-
-                def populate(dir_fd: int, files=files) -> None:
-                    for name, data in files.items():
-                        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444,
-                                     dir_fd=dir_fd)
-                        try:
-                            os.write(fd, data)
-                        finally:
-                            os.close(fd)
-
-                root.mount_tmpfs(op.target, op.mode, populate=populate, undo=undo)
-                log.info(f"mounting tmpfs at {root.host_path(op.target)}")
-            elif isinstance(op, Bind):
-                source: str | int = op.source
-                source_fd = None
-                if op.source_in_rootfs:
-                    source_fd = root.resolve_fd(op.source, os.O_PATH)
-                    source = source_fd
-                try:
-                    if _same_file(root, source, op.target):
-                        log.info(f"skipping {op.target}: already mounted")
-                        continue
-                    bind = root.bind_dir if op.directory else root.bind_file
-                    _mount, created = bind(source, op.target, readonly=op.readonly, nosuid=op.nosuid,
-                                           nodev=op.nodev, noexec=op.noexec, undo=undo)
-                finally:
-                    if source_fd is not None:
-                        os.close(source_fd)
-                if not created and not op.directory:
-                    warnings.append(f"warning: {op.target} exists in the container image; mounted over it")
-                log.info(f"mounting {op.source} at {root.host_path(op.target)}")
-            elif isinstance(op, Symlink):
-                root.create_symlink(op.target, op.value, undo=undo)
-                log.info(f"creating symlink {root.host_path(op.target)} -> {op.value}")
+            try:
+                _apply_one(root, op, proc_contents, undo, log, warnings)
+            except OSError as exc:
+                what = "symlink creation" if isinstance(op, Symlink) else "mount operation"
+                raise NvcError("mount", f"{what} failed: {_os_message(exc)}") from None
     return warnings
+
+
+def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str]) -> None:
+    if isinstance(op, Tmpfs):
+        inner_host = root.host_path(op.target)
+        resolved = os.path.realpath(inner_host) if os.path.isdir(inner_host) else inner_host
+        if _mounted_tmpfs(resolved) and root.lstat(f"{op.target}/version") is not None:
+            log.info(f"skipping {op.target}: already mounted")
+            return
+        files = proc_contents.get(op.target, {})
+
+        def populate(dir_fd: int, files=files) -> None:
+            for name, data in files.items():
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444,
+                             dir_fd=dir_fd)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+
+        root.mount_tmpfs(op.target, op.mode, populate=populate, undo=undo)
+        log.info(f"mounting tmpfs at {root.host_path(op.target)}")
+    elif isinstance(op, Bind):
+        source: str | int = op.source
+        source_fd = None
+        if op.source_in_rootfs:
+            source_fd = root.resolve_fd(op.source, os.O_PATH)
+            source = source_fd
+        try:
+            if _same_file(root, source, op.target):
+                log.info(f"skipping {op.target}: already mounted")
+                return
+            bind = root.bind_dir if op.directory else root.bind_file
+            _mount, created = bind(source, op.target, readonly=op.readonly, nosuid=op.nosuid,
+                                   nodev=op.nodev, noexec=op.noexec, undo=undo)
+        finally:
+            if source_fd is not None:
+                os.close(source_fd)
+        if not created and not op.directory:
+            warnings.append(f"warning: {op.target} exists in the container image; mounted over it")
+        log.info(f"mounting {op.source} at {root.host_path(op.target)}")
+    elif isinstance(op, Symlink):
+        root.create_symlink(op.target, op.value, undo=undo)
+        log.info(f"creating symlink {root.host_path(op.target)} -> {op.value}")
 
 
 def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG) -> list[str]:

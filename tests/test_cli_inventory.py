@@ -10,20 +10,15 @@ import sys
 import pytest
 
 from fixtures.driver_roots import DRIVER_VERSION
-from fixtures.nvml_stub import compile_stub, make_stub_root, write_config
+from fixtures.gpu_host import DEFAULT_GPUS, DEFAULT_MIGS, make_gpu_host
 
 pytestmark = pytest.mark.root
 V = DRIVER_VERSION
 LIB = "/usr/lib/x86_64-linux-gnu"
 CUR = f"{LIB}/nvidia/current"
 
-GPUS = [
-    {"index": 0, "minor": 3, "name": "NVIDIA A100-SXM4-40GB", "brand": "TESLA",
-     "uuid": "GPU-4a1d6c2e-9f3b-4c8e-a1d2-7b5e3f9c0d11", "bus": "0000:3b:00.0", "cc": "8.0", "mig": 1},
-    {"index": 1, "minor": 0, "name": "NVIDIA GeForce RTX 4090", "brand": "GEFORCE_RTX",
-     "uuid": "GPU-9b2e5d7a-3c4f-4e1a-b6d8-2f0c1e3a5b7d", "bus": "0001:af:00.0", "cc": "8.9"},
-]
-MIGS = [{"gpu": 0, "index": 0, "gi": 1, "ci": 0, "uuid": "MIG-0c6b9d4e-2a1f-5e3b-8c7d-1f2e3a4b5c6d"}]
+GPUS = DEFAULT_GPUS
+MIGS = DEFAULT_MIGS
 
 # What the apt-installed Debian layout gives, in NVIDIA's order (utility, compute, ngx, video, graphics).
 APT_BINARIES = [
@@ -45,6 +40,7 @@ APT_LIBRARIES = [
     f"{CUR}/libnvoptix.so.{V}", f"{CUR}/libGLX_nvidia.so.{V}", f"{CUR}/libEGL_nvidia.so.{V}",
     f"{CUR}/libGLESv2_nvidia.so.{V}", f"{CUR}/libGLESv1_CM_nvidia.so.{V}", f"{LIB}/libnvidia-glvkspirv.so.{V}",
 ]
+CONTROL = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"]
 FIRMWARE = [f"/lib/firmware/nvidia/{V}/gsp_ga10x.bin", f"/lib/firmware/nvidia/{V}/gsp_tu10x.bin"]
 
 
@@ -57,22 +53,10 @@ def run_nvc(*args: str, env_extra: dict[str, str] | None = None, prog: str = "nv
 
 
 @pytest.fixture(scope="module")
-def stub_root(fixture_set, tmp_path_factory):
-    """The apt-layout root with the stub NVML, real /dev nodes (mknod) and a MIG minors file."""
-    base = tmp_path_factory.mktemp("stubroot")
-    root = make_stub_root(fixture_set.apt_root, base / "root", compile_stub(base / "build"))
-    dev = root / "dev"
-    (dev / "nvidia-caps").mkdir(parents=True)
-    for name, minor in (("nvidiactl", 255), ("nvidia-modeset", 254), ("nvidia0", 0), ("nvidia3", 3)):
-        os.mknod(dev / name, 0o666 | 0o020000, os.makedev(195, minor))
-    os.mknod(dev / "nvidia-uvm", 0o666 | 0o020000, os.makedev(510, 0))
-    for minor in (1, 2, 12, 13):
-        os.mknod(dev / "nvidia-caps" / f"nvidia-cap{minor}", 0o400 | 0o020000, os.makedev(237, minor))
-    caps = root / "proc/driver/nvidia-caps"
-    caps.mkdir(parents=True)
-    (caps / "mig-minors").write_text("config 1\nmonitor 2\ngpu3/gi1/access 12\ngpu3/gi1/ci0/access 13\n")
-    conf = write_config(base / "gpus.conf", gpus=GPUS, migs=MIGS)
-    return root, {"NVML_STUB_CONFIG": str(conf)}
+def stub_root(tmp_path_factory):
+    """The apt-layout root with the stub NVML, real /dev nodes (mknod), /proc files and MIG minors."""
+    host = make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
+    return host.root, host.env
 
 
 def test_list_everything_in_nvidia_order(stub_root):
@@ -82,9 +66,9 @@ def test_list_everything_in_nvidia_order(stub_root):
     assert res.stderr == ""
     # devices=all includes the MIG devices of a MIG-enabled GPU, hence their capability files and nodes.
     assert res.stdout.splitlines() == [
-        "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-modeset", "/dev/nvidia3", "/dev/nvidia0",
-        "/proc/driver/nvidia/capabilities/gpu3/mig/gi1/access", "/dev/nvidia-caps/nvidia-cap12",
-        "/proc/driver/nvidia/capabilities/gpu3/mig/gi1/ci0/access", "/dev/nvidia-caps/nvidia-cap13",
+        *CONTROL, "/dev/nvidia3", "/dev/nvidia0",
+        "/proc/driver/nvidia/capabilities/gpu3/mig/gi1/access", "/dev/nvidia-caps/nvidia-cap10",
+        "/proc/driver/nvidia/capabilities/gpu3/mig/gi1/ci0/access", "/dev/nvidia-caps/nvidia-cap11",
         *APT_BINARIES, *APT_LIBRARIES, "/run/nvidia-persistenced/socket", *FIRMWARE,
     ]
 
@@ -93,7 +77,7 @@ def test_list_selected_device_and_parts(stub_root):
     root, env = stub_root
     res = run_nvc("--root", str(root), "list", "-d", "GPU-9B2E5D7A-3C4F-4E1A-B6D8-2F0C1E3A5B7D", "-b", env_extra=env)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-modeset", "/dev/nvidia0",
+    assert res.stdout.splitlines() == [*CONTROL, "/dev/nvidia0",
                                        *APT_BINARIES]
     res = run_nvc("--root", str(root), "list", "-i", "-f", "--no-gsp-firmware", env_extra=env)
     assert res.stdout.splitlines() == ["/run/nvidia-persistenced/socket"]
@@ -106,10 +90,10 @@ def test_list_mig_device_brings_parent_and_caps(stub_root):
     res = run_nvc("--root", str(root), "list", "-d", "0:0", "--mig-config", "0", env_extra=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [
-        "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-modeset", "/dev/nvidia3",
+        *CONTROL, "/dev/nvidia3",
         "/proc/driver/nvidia/capabilities/mig/config", "/dev/nvidia-caps/nvidia-cap1",
-        "/proc/driver/nvidia/capabilities/gpu3/mig/gi1/access", "/dev/nvidia-caps/nvidia-cap12",
-        "/proc/driver/nvidia/capabilities/gpu3/mig/gi1/ci0/access", "/dev/nvidia-caps/nvidia-cap13",
+        "/proc/driver/nvidia/capabilities/gpu3/mig/gi1/access", "/dev/nvidia-caps/nvidia-cap10",
+        "/proc/driver/nvidia/capabilities/gpu3/mig/gi1/ci0/access", "/dev/nvidia-caps/nvidia-cap11",
     ]
 
 

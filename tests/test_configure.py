@@ -76,7 +76,8 @@ def test_configure_injects_driver_devices_and_proc(host, rootfs, container):
     assert f"libcuda.so.{V}" in libs and f"libnvidia-ml.so.{V}" in libs and "libcuda.so" in libs
     assert not any("GLX" in name or "encode" in name for name in libs)  # graphics/video not requested
     assert os.readlink(view / "usr/lib64/libcuda.so") == "libcuda.so.1"
-    assert (view / "usr/bin/nvidia-smi").stat().st_size == (host.root / "usr/lib/nvidia/current/nvidia-smi").stat().st_size
+    smi = host.root / "usr/lib/nvidia/current/nvidia-smi"
+    assert (view / "usr/bin/nvidia-smi").stat().st_size == smi.stat().st_size
     # GPU 1 has minor 0: only /dev/nvidia0 and its /proc dir; the control nodes that compute needs.
     devices = sorted(os.listdir(view / "dev"))
     assert devices == ["nvidia-uvm", "nvidia-uvm-tools", "nvidia0", "nvidiactl"]
@@ -87,7 +88,8 @@ def test_configure_injects_driver_devices_and_proc(host, rootfs, container):
     # The image itself (outside the namespace) only got the placeholders, no driver content.
     assert (rootfs / f"usr/lib64/libcuda.so.{V}").stat().st_size == 0
     # Mount options: libraries read-only, nosuid, nodev.
-    line = next(line for line in open(f"/proc/{container}/mountinfo") if line.split()[4].endswith(f"libcuda.so.{V}"))
+    table = Path(f"/proc/{container}/mountinfo").read_text().splitlines()
+    line = next(line for line in table if line.split()[4].endswith(f"libcuda.so.{V}"))
     assert {"ro", "nosuid", "nodev"} <= set(line.split()[5].split(","))
 
 

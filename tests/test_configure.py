@@ -217,3 +217,44 @@ def test_dry_run_prints_the_plan_and_changes_nothing(host, rootfs):
     assert lines[0] == "tmpfs /proc/driver/nvidia mode=555 files=params,version,registry"
     assert "cgroup allow c 195:3 rw" in lines and lines[-1] == "ldcache default /usr/lib64"
     assert os.listdir(rootfs / "usr/lib64") == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "expect_bind", "expect_dir"),
+    [("mount", True, False), ("ldconfig", False, True), ("disabled", False, False)],
+)
+def test_cuda_compat_modes(host, rootfs, mode, expect_bind, expect_dir):
+    compat = rootfs / "usr/local/cuda/compat"
+    compat.mkdir(parents=True)
+    shutil.copy(host.root / f"usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.{V}", compat / "libcuda.so.550.54.15")
+    (compat / "libcuda.so.1").symlink_to("libcuda.so.550.54.15")  # links are not candidates
+    res = configure(host, "--dry-run", "--compute", f"--cuda-compat-mode={mode}", str(rootfs))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    binds = [line for line in lines if line.startswith("bind compat ")]
+    assert binds == ([f"bind compat rootfs:/usr/local/cuda/compat/libcuda.so.550.54.15 -> "
+                      f"/usr/lib64/libcuda.so.550.54.15 (ro,nosuid,nodev)"] if expect_bind else [])
+    assert lines[-1] == ("ldcache default /usr/local/cuda/compat /usr/lib64" if expect_dir
+                         else "ldcache default /usr/lib64")
+
+
+def test_cuda_compat_library_is_mounted_from_inside_the_image(host, rootfs, container):
+    compat = rootfs / "usr/local/cuda/compat"
+    compat.mkdir(parents=True)
+    (compat / "libcuda.so.550.54.15").write_bytes(b"\x7fELF compat build")
+    res = configure(host, f"--pid={container}", "--compute", "--no-cgroups", str(rootfs))
+    assert res.returncode == 0, res.stderr
+    view = in_container(container, rootfs)
+    assert (view / "usr/lib64/libcuda.so.550.54.15").read_bytes() == b"\x7fELF compat build"
+
+
+def test_not_root_is_a_permission_error(host, rootfs, monkeypatch):
+    from nvc.configure import configure_container
+    from nvc.errors import NvcError
+    from nvc.options import GlobalOptions
+    from nvc.request import ConfigureRequest
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(NvcError) as err:
+        configure_container(GlobalOptions(root=str(host.root)), ConfigureRequest(rootfs=str(rootfs)))
+    assert err.value.stage == "permission"

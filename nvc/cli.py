@@ -42,7 +42,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.option("-n", "--no-pivot", is_flag=True, help="Do not use pivot_root (accepted for compatibility).")
 @click.option("-u", "--user", metavar="UID[:GID]", is_flag=False, flag_value="", default=None,
               help="Run driver helpers as this user (default: unprivileged nobody for NVML).")
-@click.option("-r", "--root", default="/", show_default=True, metavar="PATH", help="Path to the driver root.")
+@click.option("-r", "--root", default="/", show_default=True, metavar="PATH", envvar="NVC_DRIVER_ROOT",
+              help="Path to the driver root (also $NVC_DRIVER_ROOT, for callers like runsc that never pass it).")
 @click.option("-l", "--ldcache", default="/etc/ld.so.cache", show_default=True, metavar="FILE",
               help="ld.so.cache inside the driver root.")
 @click.option("--no-create-imex-channels", is_flag=True, help="Do not create IMEX channel device nodes.")
@@ -78,7 +79,7 @@ def info(opts: GlobalOptions, as_csv: bool, as_json: bool) -> None:
     from nvc.inventory import query_nvml
     from nvc.listing import format_info_csv, format_info_text, format_json, info_json
 
-    driver = query_nvml(opts.root, opts.ldcache, opts.user)
+    driver = query_nvml(opts.root, opts.ldcache, opts.user, load_kmods=opts.load_kmods)
     if as_json:
         _write(format_json(info_json(driver)))
     elif as_csv:
@@ -155,10 +156,11 @@ def _capability_options(func):
 @click.option("--no-cntlibs", is_flag=True, help="Don't overwrite host mounts with container libraries.")
 @click.option("--cuda-compat-mode", type=click.Choice(["mount", "ldconfig", "disabled"]), default="mount",
               show_default=True, help="How CUDA forward-compat libraries in the image are used.")
+@click.option("--gvisor", is_flag=True, help="gVisor nvproxy context (automatic when --pid is runsc's gofer).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (nvc extension).")
 @click.argument("rootfs", required=False)
 @click.pass_obj
-def configure(opts: GlobalOptions, rootfs: str | None, dry_run: bool, **options) -> None:
+def configure(opts: GlobalOptions, rootfs: str | None, dry_run: bool, gvisor: bool, **options) -> None:
     """Configure a container with GPU support by exposing device drivers to it."""
     from nvc.configure import configure_container
     from nvc.request import ConfigureRequest
@@ -175,6 +177,8 @@ def configure(opts: GlobalOptions, rootfs: str | None, dry_run: bool, **options)
         mig_monitor=tuple(options.pop("mig_monitor")),
         imex_channels=tuple(options.pop("imex_channels")),
         requirements=tuple(options.pop("requirements")),
+        gvisor=gvisor,
+        no_cgroups=options.pop("no_cgroups") or gvisor,
         **options,
     )
     for line in configure_container(opts, request, dry_run=dry_run):

@@ -8,6 +8,7 @@ mount namespace (or print it with ``--dry-run``).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from nvc.device_select import select_devices, split_device_list
@@ -48,12 +49,20 @@ def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
     from nvc.requirements import check_requirements, parse_requirements
 
     requirements = parse_requirements(request.requirements)
+    if request.gvisor:
+        from nvc.gvisor import check_capabilities
+
+        check_capabilities(request.capabilities)
     if not os.path.isdir(request.rootfs):
         raise NvcError("input", f"invalid rootfs directory: {request.rootfs}")
-    inventory = build_inventory(opts.root, opts.ldcache, opts.user)
+    inventory = build_inventory(opts.root, opts.ldcache, opts.user, load_kmods=opts.load_kmods)
     driver = inventory.driver_info
     assert driver is not None  # build_inventory raises when NVML fails unless asked not to
     selection = select_devices(request.devices, driver.gpus)
+    if request.gvisor:
+        from nvc.gvisor import check_minors
+
+        check_minors([gpu.minor for gpu in selection.gpus])
     check_requirements(requirements, driver, selection.gpus)
     mig_config = _mig_option("mig-config", request.mig_config, selection.gpus)
     mig_monitor = _mig_option("mig-monitor", request.mig_monitor, selection.gpus)
@@ -72,6 +81,11 @@ def configure_container(
         raise NvcError("permission", "superuser privileges required (configure mounts into the container)")
     if request.pid is not None and not os.path.isdir(f"/proc/{request.pid}"):
         raise NvcError("container", f"process {request.pid} not found")
+    if not request.gvisor:
+        from nvc.gvisor import is_gofer
+
+        if is_gofer(request.pid):
+            request = replace(request, gvisor=True, no_cgroups=True)
     plan = build_plan(opts, request)
     if dry_run:
         return [describe(op) for op in plan.operations]

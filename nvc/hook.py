@@ -98,15 +98,6 @@ def container_rootfs(state: dict, spec: dict, bundle: str) -> str:
     return os.path.normpath(root if os.path.isabs(root) else os.path.join(bundle, root))
 
 
-def _process_name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv0 = f.read(256).split(b"\0", 1)[0]
-        return os.path.basename(argv0.decode("utf-8", "replace"))
-    except OSError:
-        return ""
-
-
 def external_cli_argv(cli_path: str, config, request, pid: int, rootfs: str, debug: str | None) -> list[str]:
     """NVIDIA's hook argv for an external ``nvidia-container-cli`` (oci-hook.md)."""
     cli = config.cli
@@ -172,7 +163,9 @@ def run_hook(argv: list[str], stdin, environ) -> int:
     if gpu is None:
         log.info("not a GPU container: nothing to do", where="hook")
         return 0
-    if _process_name(pid) == "runsc-sandbox":
+    from nvc.gvisor import SANDBOX_NAME, process_name
+
+    if process_name(pid) == SANDBOX_NAME:
         raise NvcError(
             "container",
             "this container runs in gVisor (runsc): a hook cannot inject into the sandbox; run runsc with "

@@ -38,6 +38,7 @@ def query_nvml(
     ldcache: str = DEFAULT_LDCACHE,
     user: tuple[int, int] | None = None,
     cache=None,
+    load_kmods: bool = False,
 ) -> DriverInfo:
     """Driver version and GPUs from the root's own libnvidia-ml (raises ``initialization`` errors)."""
     from nvc.ldcache import host_arch_classes
@@ -46,7 +47,14 @@ def query_nvml(
     if cache is None:
         cache = load_ldcache(driver_root, ldcache)
     library = host_path(driver_root, find_nvml_library(cache, driver_root, host_arch_classes()[0]))
-    return query_driver(library, driver_root=driver_root, timeout=NVML_TIMEOUT_SECONDS, user=user)
+    if load_kmods:
+        from nvc.kmods import load_kernel_modules
+
+        load_kernel_modules(driver_root)
+    info = query_driver(library, driver_root=driver_root, timeout=NVML_TIMEOUT_SECONDS, user=user)
+    if load_kmods:
+        load_kernel_modules(driver_root, [gpu.minor for gpu in info.gpus])
+    return info
 
 
 def fallback_driver_version(driver_root: str, cache) -> str | None:
@@ -72,6 +80,7 @@ def build_inventory(
     user: tuple[int, int] | None = None,
     allow_no_nvml: bool = False,
     environ: dict[str, str] | None = None,
+    load_kmods: bool = False,
 ) -> Inventory:
     """Everything the host offers. NVML failures raise unless ``allow_no_nvml`` (then ``driver_info`` is None)."""
     from nvc.ldcache import host_arch_classes
@@ -80,7 +89,7 @@ def build_inventory(
     info: DriverInfo | None = None
     nvml_error: NvcError | None = None
     try:
-        info = query_nvml(driver_root, ldcache, user, cache=cache)
+        info = query_nvml(driver_root, ldcache, user, cache=cache, load_kmods=load_kmods)
         version = info.driver_version
     except NvcError as exc:
         if not allow_no_nvml or exc.stage != "initialization":

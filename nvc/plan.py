@@ -22,6 +22,7 @@ from nvc.components import Capability
 from nvc.container_layout import BINARY_DIR, CUDA_COMPAT_DIR, ContainerLayout
 from nvc.device_select import DeviceSelection
 from nvc.discovery import DriverFile, filter_by_capabilities
+from nvc.gvisor import SUPPORTED_DEVICES as GVISOR_DEVICES
 from nvc.inventory import Inventory
 from nvc.proc_driver import proc_bus_id
 from nvc.request import ConfigureRequest
@@ -137,8 +138,9 @@ def plan_configure(
         for name in PROC_DRIVER_FILES
         if os.path.isfile(host_path(root, f"{comp.PROC_DRIVER}/{name}"))
     )
-    ops.append(Tmpfs(comp.PROC_DRIVER, 0o555, proc_files))
-    if Capability.GRAPHICS in caps:
+    if not request.gvisor:  # the sentry synthesises /proc/driver/nvidia and hides ROOTFS/proc
+        ops.append(Tmpfs(comp.PROC_DRIVER, 0o555, proc_files))
+    if Capability.GRAPHICS in caps and not request.gvisor:
         ops.append(Tmpfs(APP_PROFILES_DIR, 0o555, (), capability=Capability.GRAPHICS.value))
 
     def binds(entries: Iterable[DriverFile], directory: str, kind: str) -> None:
@@ -201,13 +203,18 @@ def plan_configure(
             ops.append(CgroupAllow("c", node.major, node.minor))
 
     for node in device_nodes.control_nodes(root):
-        if node.capability is None or node.capability in caps:
+        if request.gvisor and node.path not in GVISOR_DEVICES:
+            continue  # nvproxy serves nvidiactl and nvidia-uvm only (whatever the capabilities)
+        if request.gvisor or node.capability is None or node.capability in caps:
             device(node)
     for node in device_nodes.gpu_nodes(root, selection):
         device(node)
         proc_dir = f"{comp.PROC_DRIVER}/gpus/{proc_bus_id(node.gpu_bus_id or '')}"
-        if os.path.isdir(host_path(root, proc_dir)):
+        if not request.gvisor and os.path.isdir(host_path(root, proc_dir)):
             ops.append(Bind("proc-gpu", host_path(root, proc_dir), proc_dir, directory=True, noexec=True))
+    if request.gvisor:  # no MIG or IMEX under nvproxy
+        ops.append(UpdateLdCache(request.ldconfig, tuple(ldconfig_dirs)))
+        return Plan(rootfs=request.rootfs, operations=tuple(ops), warnings=tuple(warnings))
     for node in device_nodes.mig_nodes(root, selection, mig_config, mig_monitor):
         if node.kind == "mig-cap-file":
             ops.append(Bind("mig-cap", node.host_path, node.path, noexec=True))

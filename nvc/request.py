@@ -35,3 +35,4 @@ class ConfigureRequest:
     no_gsp_firmware: bool = False
     no_cntlibs: bool = False
     cuda_compat_mode: str = "mount"
+    gvisor: bool = False  # runsc's gofer context: nvproxy's device set, no /proc work (see nvc.gvisor)

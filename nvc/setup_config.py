@@ -298,7 +298,7 @@ def edit_containerd_config(
             block = _render_table(containerd_keys, {"default_runtime_name": runtime_name}) + "\n"
         block += _render_table(keys, {"runtime_type": want["runtime_type"], "options": want["options"]})
         what = "gVisor runsc + nvproxy" if kind == "runsc" else "runc + nvidia hook"
-        comment = f"# GPU runtime {runtime_name!r} ({what}), added by `nvc setup containerd`\n"
+        comment = f"# GPU runtime \"{runtime_name}\" ({what}), added by `nvc setup containerd`\n"
         if not text.strip():
             comment = f"version = {version}\n\n" + comment
         new_text = _append_block(text, comment + block)
@@ -567,6 +567,10 @@ def write_config_file(
     return ConfigChange(path, old_text, new_text, diff, backup, True)
 
 
+def _under(root: str, path: str) -> str:
+    return path if root in ("", "/") else os.path.join(root, path.lstrip("/"))
+
+
 def apply_containerd(
     config_path: str = CONTAINERD_CONFIG,
     runtime: str = "runsc",
@@ -578,24 +582,29 @@ def apply_containerd(
     nvproxy_docker: bool = True,
     debug: bool = False,
     dry_run: bool = False,
+    root: str = "/",
     now: datetime | None = None,
 ) -> list[ConfigChange]:
     """Register the GPU runtime in containerd's config (and, for runsc, write the runsc GPU TOML).
 
     Returns one :class:`ConfigChange` per file, containerd's config first. The runsc file is written before the
     containerd config that points at it, so a containerd restarted in between never sees a dangling ConfigPath.
-    containerd must be restarted (``systemctl restart containerd``) to pick the change up.
+    ``root`` edits a host image offline: files are read and written under it, while the paths written *into* the
+    configs stay as the running host will see them. containerd must be restarted afterwards
+    (``systemctl restart containerd``).
     """
     kind = _runtime_kind(runtime)
-    old = _read_text(config_path)
+    config_file = _under(root, config_path)
+    old = _read_text(config_file)
     new = edit_containerd_config(old or "", kind, runsc_config_path, runtime_name, shim_path, set_default, config_path)
     changes = []
     if kind == "runsc":
-        runsc_old = _read_text(runsc_config_path)
+        runsc_file = _under(root, runsc_config_path)
+        runsc_old = _read_text(runsc_file)
         config = runsc_gpu_config(runsc_path, nvproxy_docker=nvproxy_docker, debug=debug)
         runsc_new = edit_runsc_config(runsc_old or "", config, runsc_config_path)
-        changes.append(write_config_file(runsc_config_path, runsc_old, runsc_new, dry_run=dry_run, now=now))
-    changes.insert(0, write_config_file(config_path, old, new, dry_run=dry_run, now=now))
+        changes.append(write_config_file(runsc_file, runsc_old, runsc_new, dry_run=dry_run, now=now))
+    changes.insert(0, write_config_file(config_file, old, new, dry_run=dry_run, now=now))
     return changes
 
 
@@ -607,12 +616,15 @@ def apply_docker(
     shim_path: str | None = None,
     set_default: bool = False,
     dry_run: bool = False,
+    root: str = "/",
     now: datetime | None = None,
 ) -> ConfigChange:
-    """Register the GPU runtime in Docker's daemon.json (restart dockerd, or ``kill -HUP`` it, afterwards)."""
-    old = _read_text(config_path)
+    """Register the GPU runtime in Docker's daemon.json (restart dockerd afterwards; ``root`` as for
+    :func:`apply_containerd`)."""
+    config_file = _under(root, config_path)
+    old = _read_text(config_file)
     new = edit_docker_daemon(old or "", runtime, runtime_name, runsc_path, shim_path, set_default, config_path)
-    return write_config_file(config_path, old, new, dry_run=dry_run, now=now)
+    return write_config_file(config_file, old, new, dry_run=dry_run, now=now)
 
 
 def format_changes(changes: list[ConfigChange], dry_run: bool = False) -> str:

@@ -1,0 +1,55 @@
+"""``--load-kmods``: make sure the driver's device nodes exist before anyone opens them.
+
+NVIDIA's CLI loads the kernel modules and creates missing ``/dev/nvidia*`` nodes through the setuid
+``nvidia-modprobe``. runsc relies on this (``nvidia-container-cli --load-kmods info`` when the host has no
+``/dev/nvidiactl``). When ``nvidia-modprobe`` is on PATH we run it as NVIDIA does; otherwise we create the
+nodes ourselves from the majors the kernel registered in ``/proc/devices`` (only when the driver is loaded:
+no ``nvidia`` entry, no node). Everything is looked up under the driver root, like every other driver file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+
+from nvc import components as comp
+from nvc.debuglog import NULL_LOG, DebugLog
+from nvc.proc_driver import parse_device_majors
+from nvc.rootpath import host_path
+
+NODE_MODE = 0o666
+
+
+def _mknod(path: str, major: int, minor: int, log: DebugLog) -> None:
+    if os.path.lexists(path):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mknod(path, NODE_MODE | stat.S_IFCHR, os.makedev(major, minor))
+    os.chmod(path, NODE_MODE)
+    log.info(f"created device node {path} ({major}:{minor})")
+
+
+def load_kernel_modules(driver_root: str, gpu_minors: list[int] | None = None, log: DebugLog = NULL_LOG) -> None:
+    """Create the control nodes (and ``/dev/nvidiaN`` for ``gpu_minors``) that are missing."""
+    modprobe = shutil.which("nvidia-modprobe") if driver_root == "/" else None
+    if modprobe:
+        args = [modprobe, "-u", "-c=0"] + [f"-c={m}" for m in gpu_minors or ()]
+        subprocess.run(args, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=30)
+        return
+    try:
+        with open(host_path(driver_root, "/proc/devices"), encoding="ascii", errors="replace") as f:
+            majors = parse_device_majors(f.read())
+    except OSError:
+        return
+    frontend = majors.get("nvidia-frontend", majors.get("nvidia"))
+    if frontend is not None:
+        _mknod(host_path(driver_root, comp.NVIDIACTL), frontend, comp.NVIDIACTL_MINOR, log)
+        for minor in gpu_minors or ():
+            _mknod(host_path(driver_root, comp.GPU_DEVICE_TEMPLATE.format(minor=minor)), frontend, minor, log)
+    uvm = majors.get("nvidia-uvm")
+    if uvm is not None:
+        _mknod(host_path(driver_root, comp.NVIDIA_UVM), uvm, 0, log)
+        _mknod(host_path(driver_root, comp.NVIDIA_UVM_TOOLS), uvm, 1, log)

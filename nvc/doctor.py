@@ -25,6 +25,7 @@ from nvc.setup_config import (
     CONTAINERD_CONFIG,
     CRI_PLUGIN,
     DOCKER_DAEMON_CONFIG,
+    RUNSC_GPU_CONFIG,
     RUNSC_OPTIONS_TYPE,
     SERVICE_PATH,
     SHIM_NAME,
@@ -238,8 +239,15 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value in _GO_TRUE
 
 
-def _setup_fix(service: str, runtime: str, config: str, default_config: str) -> str:
+def _setup_fix(
+    service: str, runtime: str, config: str, default_config: str, name: str = "nvidia", runsc_config: str = ""
+) -> str:
+    """The ``nvc setup`` command line that rewrites this runtime correctly (only non-default options shown)."""
     option = f" --config {config}" if config != default_config else ""
+    if name != "nvidia":
+        option += f" --name {name}"
+    if runsc_config and runsc_config != RUNSC_GPU_CONFIG:
+        option += f" --runsc-config {runsc_config}"
     restart = "systemctl restart containerd" if service == "containerd" else "systemctl restart docker"
     return f"`nvc setup {service} --runtime {runtime}{option}`, then `{restart}`"
 
@@ -256,7 +264,6 @@ def _check_containerd(ctx: _Context) -> list[Finding]:
     text = paths.read(config)
     if text is None:
         return []
-    fix_runsc = _setup_fix("containerd", "runsc", config, CONTAINERD_CONFIG)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -276,7 +283,7 @@ def _check_containerd(ctx: _Context) -> list[Finding]:
     runtimes = _dig(doc, ("plugins", active, "containerd", "runtimes")) if active else None
     for name, table in (runtimes or {}).items():
         if isinstance(table, dict):
-            findings += _check_containerd_runtime(ctx, name, table, fix_runsc)
+            findings += _check_containerd_runtime(ctx, name, table)
     return findings
 
 
@@ -342,19 +349,23 @@ def _check_containerd_schema(doc: Mapping[str, Any], version: Any, config: str) 
     return findings
 
 
-def _check_containerd_runtime(ctx: _Context, name: str, table: Mapping[str, Any], fix_runsc: str) -> list[Finding]:
+def _check_containerd_runtime(ctx: _Context, name: str, table: Mapping[str, Any]) -> list[Finding]:
     runtime_type = str(table.get("runtime_type", ""))
     options = table.get("options") if isinstance(table.get("options"), Mapping) else {}
     where = f'containerd runtime "{name}"'
+    config = ctx.paths.containerd_config
+    runsc_config = str(options.get("ConfigPath") or "") if runtime_type == "io.containerd.runsc.v1" else ""
+    fix_runsc = _setup_fix("containerd", "runsc", config, CONTAINERD_CONFIG, name, runsc_config)
+    fix_runc = _setup_fix("containerd", "runc", config, CONTAINERD_CONFIG, name)
     if runtime_type.startswith("io.containerd.runc."):
-        return _check_containerd_runc(ctx, where, runtime_type, options, fix_runsc)
+        return _check_containerd_runc(ctx, where, runtime_type, options, fix_runsc, fix_runc)
     if runtime_type == "io.containerd.runsc.v1":
         return _check_containerd_runsc(ctx, where, name, options, fix_runsc)
     return []
 
 
 def _check_containerd_runc(
-    ctx: _Context, where: str, runtime_type: str, options: Mapping[str, Any], fix_runsc: str
+    ctx: _Context, where: str, runtime_type: str, options: Mapping[str, Any], fix_runsc: str, fix_runc: str
 ) -> list[Finding]:
     binary = str(options.get("BinaryName") or "")
     if not binary:
@@ -380,8 +391,7 @@ def _check_containerd_runc(
                 f'{where}: BinaryName "{binary}" does not exist (or is not executable) in containerd\'s PATH',
                 f"every container on this runtime fails to start: the shim cannot execute {binary} "
                 "(no such file or directory)",
-                f"install it, or point BinaryName at the right path: "
-                f"{_setup_fix('containerd', 'runc', ctx.paths.containerd_config, CONTAINERD_CONFIG)}",
+                f"install it, or point BinaryName at the right path: {fix_runc}",
                 "containerd.binary-missing",
             )
         ]
@@ -399,8 +409,7 @@ def _check_containerd_runc(
                 "containerd.runc-shim-runsc",
             )
         ]
-    fix = _setup_fix("containerd", "runc", ctx.paths.containerd_config, CONTAINERD_CONFIG)
-    ctx.gpu_runtimes.append(_GpuRuntime(where, "runc", fix))
+    ctx.gpu_runtimes.append(_GpuRuntime(where, "runc", fix_runc))
     if target is None:
         return [_shim_target_missing(ctx, where, binary)]
     return [Finding("ok", f"{where}: runc's shim with {binary} (which execs {target})", check="containerd.runtime")]
@@ -635,7 +644,7 @@ def _check_docker_runtime(ctx: _Context, name: str, entry: Mapping[str, Any]) ->
     path = str(entry["path"])
     base = os.path.basename(path)
     kind = "runsc" if base == "runsc" else "runc"
-    fix = _setup_fix("docker", kind, paths.docker_daemon_config, DOCKER_DAEMON_CONFIG)
+    fix = _setup_fix("docker", kind, paths.docker_daemon_config, DOCKER_DAEMON_CONFIG, name)
     if paths.which(path) is None:
         return [
             Finding(
@@ -686,7 +695,8 @@ def _check_docker_hook(ctx: _Context, where: str) -> list[Finding]:
             "error",
             f"{where}: {HOOK_NAME} is not in dockerd's PATH ({ctx.paths.runtime_path})",
             '`docker run --gpus ...` fails: `could not select device driver "" with capabilities: [[gpu]]`',
-            f"install nvc's {HOOK_NAME} into /usr/bin (or another directory of that PATH)",
+            f"install nvc's {HOOK_NAME} into /usr/bin (or another directory of that PATH), then restart dockerd: it "
+            "looks the hook up once, at start, and offers `--gpus` only if it was found",
             "docker.hook-missing",
         )
     ]
@@ -1064,7 +1074,12 @@ def has_errors(findings: Iterable[Finding]) -> bool:
 def findings_to_json(findings: Sequence[Finding]) -> dict[str, Any]:
     """``nvc doctor --json``: the findings plus counts, JSON-serialisable."""
     counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
-    return {"findings": [f.to_dict() for f in findings], "errors": counts["error"], "warnings": counts["warning"]}
+    return {
+        "findings": [f.to_dict() for f in findings],
+        "errors": counts["error"],
+        "warnings": counts["warning"],
+        "ok": counts["ok"],
+    }
 
 
 def format_findings(findings: Sequence[Finding]) -> str:

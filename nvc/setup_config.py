@@ -284,6 +284,14 @@ def edit_containerd_config(
     kind = _runtime_kind(runtime)
     doc = _parse_toml(text, source)
     version = containerd_config_version(text)
+    if version == 1 and _lookup(doc, ("plugins", CRI_PLUGIN[2])) is not None:
+        # Written for version 2 but missing the line: containerd ignores those tables, and adding ours in the
+        # version-1 shape would only hide the real problem.
+        raise NvcError(
+            "input",
+            f'{source} has [plugins."{CRI_PLUGIN[2]}"] tables but no `version = 2` line, so containerd ignores '
+            "them; add `version = 2` as its first line and run again",
+        )
     base = _lookup(doc, (*containerd_runtime_table_keys(version, "runc"), "options"))
     want = containerd_runtime_config(
         kind, runsc_config_path, runtime_name, shim_path, version, _plain(base) if base is not None else None
@@ -298,7 +306,7 @@ def edit_containerd_config(
             block = _render_table(containerd_keys, {"default_runtime_name": runtime_name}) + "\n"
         block += _render_table(keys, {"runtime_type": want["runtime_type"], "options": want["options"]})
         what = "gVisor runsc + nvproxy" if kind == "runsc" else "runc + nvidia hook"
-        comment = f"# GPU runtime \"{runtime_name}\" ({what}), added by `nvc setup containerd`\n"
+        comment = f'# GPU runtime "{runtime_name}" ({what}), added by `nvc setup containerd`\n'
         if not text.strip():
             comment = f"version = {version}\n\n" + comment
         new_text = _append_block(text, comment + block)

@@ -214,6 +214,77 @@ def ldcache(opts: GlobalOptions, cache_file: str | None) -> None:
     _write(format_cache(cache, cache_file))
 
 
+@cli.group()
+def setup() -> None:
+    """Configure containerd or docker to run GPU containers (runc + our hook, or gVisor's runsc with nvproxy)."""
+
+
+def _setup_common(func):
+    for decorator in reversed((
+        click.option("--config", "config_path", metavar="PATH", help="Configuration file to edit."),
+        click.option("--name", "runtime_name", default="nvidia", show_default=True, help="Runtime name."),
+        click.option("--runsc", "runsc_path", metavar="PATH", help="runsc binary (default: found in PATH)."),
+        click.option("--shim", "shim_path", metavar="PATH", help="nvidia-container-runtime shim (default: PATH)."),
+        click.option("--set-default", is_flag=True, help="Make it the default runtime."),
+        click.option("--root", "host_root", default="/", show_default=True, metavar="DIR",
+                     help="Edit the files of a host mounted at DIR."),
+        click.option("--dry-run", is_flag=True, help="Print the change as a diff; write nothing."),
+    )):
+        func = decorator(func)
+    return func
+
+
+@setup.command(name="containerd")
+@click.option("--runtime", type=click.Choice(["runsc", "runc"]), default="runsc", show_default=True)
+@click.option("--runsc-config", "runsc_config_path", metavar="PATH", help="runsc GPU options file to write.")
+@_setup_common
+def setup_containerd(runtime, runsc_config_path, config_path, runtime_name, runsc_path, shim_path, set_default,
+                     host_root, dry_run) -> None:
+    """Add a GPU runtime to containerd's config.toml (runsc: io.containerd.runsc.v1 with nvproxy)."""
+    from nvc import setup_config as sc
+
+    kwargs = {"config_path": config_path or sc.CONTAINERD_CONFIG,
+              "runsc_config_path": runsc_config_path or sc.RUNSC_GPU_CONFIG}
+    changes = sc.apply_containerd(runtime=runtime, runtime_name=runtime_name, shim_path=shim_path,
+                                  runsc_path=runsc_path, set_default=set_default, dry_run=dry_run, root=host_root,
+                                  **kwargs)
+    click.echo(sc.format_changes(changes, dry_run=dry_run), nl=False)
+
+
+@setup.command(name="docker")
+@click.option("--runtime", type=click.Choice(["runc", "runsc"]), default="runc", show_default=True)
+@_setup_common
+def setup_docker(runtime, config_path, runtime_name, runsc_path, shim_path, set_default, host_root,
+                 dry_run) -> None:
+    """Add a GPU runtime to docker's daemon.json (runsc: --nvproxy --nvproxy-docker)."""
+    from nvc import setup_config as sc
+
+    change = sc.apply_docker(config_path=config_path or sc.DOCKER_DAEMON_CONFIG, runtime=runtime,
+                             runtime_name=runtime_name, runsc_path=runsc_path, shim_path=shim_path,
+                             set_default=set_default, dry_run=dry_run, root=host_root)
+    click.echo(sc.format_changes([change], dry_run=dry_run), nl=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
+@click.option("--root", "host_root", default="/", show_default=True, metavar="DIR", help="Diagnose a host at DIR.")
+@click.option("--path", "runtime_path", metavar="PATH", help="PATH of containerd/dockerd (default: systemd's).")
+def doctor(as_json: bool, host_root: str, runtime_path: str | None) -> None:
+    """Check this host's GPU container setup (containerd, docker, runsc, hooks, driver) and say how to fix it."""
+    from nvc.doctor import DoctorPaths, diagnose, findings_to_json, format_findings, has_errors
+
+    paths = DoctorPaths(root=host_root, **({"runtime_path": runtime_path} if runtime_path else {}))
+    findings = diagnose(paths)
+    if as_json:
+        from nvc.listing import format_json
+
+        _write(format_json(findings_to_json(findings)))
+    else:
+        _write(format_findings(findings))
+    if has_errors(findings):
+        raise click.exceptions.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of both console scripts: run the command, turn every failure into one line and exit 1."""
     prog = _prog_name()

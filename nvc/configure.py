@@ -11,7 +11,7 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from nvc.device_select import select_devices, split_device_list
+from nvc.device_select import imex_channel_numbers, mig_option_enabled, select_devices
 from nvc.errors import NvcError
 from nvc.request import ConfigureRequest
 
@@ -19,26 +19,6 @@ if TYPE_CHECKING:
     from nvc.debuglog import DebugLog
     from nvc.options import GlobalOptions
     from nvc.plan import Plan
-
-
-def _imex_channels(values: tuple[str, ...]) -> tuple[int, ...]:
-    channels = []
-    for item in split_device_list(values):
-        if not item.isdigit():
-            raise NvcError("input", f"invalid IMEX channel: {item}")
-        channels.append(int(item))
-    return tuple(channels)
-
-
-def _mig_option(stage: str, values: tuple[str, ...], selection_gpus) -> bool:
-    """``--mig-config/--mig-monitor``: NVIDIA accepts ``all`` or ids of GPUs that must be selected."""
-    items = split_device_list(values)
-    if not items:
-        return False
-    for item in items:
-        if item.lower() != "all" and not any(item in (str(g.index), g.uuid) for g in selection_gpus):
-            raise NvcError(stage, f"{item}: device not selected")
-    return True
 
 
 def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
@@ -64,11 +44,11 @@ def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
 
         check_minors([gpu.minor for gpu in selection.gpus])
     check_requirements(requirements, driver, selection.gpus)
-    mig_config = _mig_option("mig-config", request.mig_config, selection.gpus)
-    mig_monitor = _mig_option("mig-monitor", request.mig_monitor, selection.gpus)
+    mig_config = mig_option_enabled(request.mig_config, selection.gpus)
+    mig_monitor = mig_option_enabled(request.mig_monitor, selection.gpus)
     layout = inspect_rootfs(request.rootfs)
     return plan_configure(inventory, request, layout, selection, mig_config, mig_monitor,
-                          _imex_channels(request.imex_channels))
+                          imex_channel_numbers(request.imex_channels))
 
 
 def configure_container(

@@ -106,3 +106,19 @@ def _match_mig(item: str, gpus: tuple[GpuInfo, ...]) -> tuple[GpuInfo, MigDevice
                     if mig.index == int(mig_part):
                         return gpu, mig
     return None
+
+
+def mig_option_enabled(values: Iterable[str], gpus: tuple[GpuInfo, ...]) -> bool:
+    """``--mig-config`` / ``--mig-monitor``: device ids (or ``all``) among ``gpus``; any unknown id is an error."""
+    items = split_device_list(values)
+    return bool(items) and not select_devices(items, gpus).empty
+
+
+def imex_channel_numbers(values: Iterable[str]) -> tuple[int, ...]:
+    """``--imex-channel`` items: channel numbers."""
+    channels = []
+    for item in split_device_list(values):
+        if not item.isdigit():
+            raise NvcError("input", f"invalid IMEX channel: {item}")
+        channels.append(int(item))
+    return tuple(channels)

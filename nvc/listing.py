@@ -7,14 +7,18 @@ the container; ``--json`` shows that, the text form stays byte-compatible with n
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nvc import device_nodes
-from nvc.container_layout import BINARY_DIR, library_dirs
-from nvc.device_select import DeviceSelection, select_devices, split_device_list
-from nvc.discovery import DriverFile
+from nvc.components import Capability
+from nvc.container_layout import library_dirs
+from nvc.device_select import (
+    DeviceSelection,
+    imex_channel_numbers,
+    mig_option_enabled,
+    select_devices,
+    split_device_list,
+)
 from nvc.driver_info import DriverInfo
 from nvc.inventory import Inventory
 
@@ -71,72 +75,73 @@ class ListedItem:
         return data
 
 
-def _imex_channel_numbers(values: Sequence[str]) -> list[int]:
-    from nvc.errors import NvcError
+def _plan_for_listing(inventory: Inventory, request: ListRequest):
+    """The configure plan of a container asking for everything ``request`` selects: ``list`` prints exactly
+    what configure would mount, from the same planner (one source of truth for the rules)."""
+    from nvc.components import ALL_CAPABILITIES
+    from nvc.container_layout import ContainerLayout
+    from nvc.plan import plan_configure
+    from nvc.request import ConfigureRequest
 
-    channels = []
-    for item in split_device_list(values):
-        if not item.isdigit():
-            raise NvcError("input", f"invalid IMEX channel: {item}")
-        channels.append(int(item))
-    return channels
+    info = inventory.driver_info
+    gpus = info.gpus if info is not None else ()
+    selection = DeviceSelection()
+    if request.devices and info is not None:
+        selection = select_devices(split_device_list(request.devices), gpus)
+    caps = frozenset(c for c in ALL_CAPABILITIES if c is not Capability.COMPAT32 or request.compat32)
+    configure_request = ConfigureRequest(
+        rootfs=request.rootfs or "/",
+        capabilities=caps,
+        no_cgroups=True,
+        no_persistenced=request.no_persistenced,
+        no_fabricmanager=request.no_fabricmanager,
+        no_gsp_firmware=request.no_gsp_firmware,
+        cuda_compat_mode="disabled",
+    )
+    libdir, lib32dir = library_dirs(request.rootfs)
+    plan = plan_configure(
+        inventory,
+        configure_request,
+        ContainerLayout(libdir, lib32dir),
+        selection,
+        mig_config=info is not None and mig_option_enabled(request.mig_config, gpus),
+        mig_monitor=info is not None and mig_option_enabled(request.mig_monitor, gpus),
+        imex_channels=imex_channel_numbers(request.imex_channels),
+    )
+    return plan, selection
 
 
-def _mig_selected(values: Sequence[str], info: DriverInfo | None) -> bool:
-    if not values or info is None:
-        return False
-    return not select_devices(split_device_list(values), info.gpus).empty
+# list's print order, by the plan's Bind kinds (devices first, as nvidia-container-cli prints them).
+_LIST_ORDER = ("device", "binary", "library", "library32", "ipc", "firmware")
 
 
 def select_list_items(inventory: Inventory, request: ListRequest) -> list[ListedItem]:
     """Everything ``list`` prints for ``request``, in NVIDIA's order."""
+    from nvc.plan import Bind
+
     request = request.effective()
-    root = inventory.driver_root
-    info = inventory.driver_info
-    items: list[ListedItem] = []
-
-    selection = DeviceSelection()
-    if request.devices and info is not None:
-        selection = select_devices(split_device_list(request.devices), info.gpus)
-    nodes: list[device_nodes.DeviceNode] = []
-    if not selection.empty:
-        nodes.extend(device_nodes.control_nodes(root))
-        nodes.extend(device_nodes.gpu_nodes(root, selection))
-    nodes.extend(
-        device_nodes.mig_nodes(
-            root, selection, _mig_selected(request.mig_config, info), _mig_selected(request.mig_monitor, info)
-        )
-    )
-    nodes.extend(device_nodes.imex_nodes(root, _imex_channel_numbers(request.imex_channels)))
-    for node in nodes:
-        kind = "mig-cap-file" if node.kind == "mig-cap-file" else "device"
-        extra = {"device_kind": node.kind, "major": node.major, "minor": node.minor}
-        items.append(ListedItem(kind, node.path, node.host_path, node.path,
-                                node.capability.value if node.capability else None, extra))
-
-    libdir, lib32dir = library_dirs(request.rootfs)
-    files = inventory.files
-
-    def add_files(entries: Sequence[DriverFile], target_dir: str | None) -> None:
-        for f in entries:
-            target = f"{target_dir}/{os.path.basename(f.path)}" if target_dir else f.path
-            items.append(ListedItem(f.kind, f.path, f.host_path, target,
-                                    f.capability.value if f.capability else None, {"name": f.name}))
-
-    if request.binaries:
-        add_files(files.binaries, BINARY_DIR)
-    if request.libraries:
-        add_files(files.libraries, libdir)
-    if request.libraries and request.compat32 and lib32dir is not None:
-        add_files(files.libraries32, lib32dir)
-    if request.ipcs:
-        ipcs = [f for f in files.ipcs
-                if not (request.no_persistenced and f.name == "nvidia-persistenced")
-                and not (request.no_fabricmanager and f.name == "nv-fabricmanager")]
-        add_files(ipcs, None)
-    if request.firmwares and not request.no_gsp_firmware:
-        add_files(files.firmwares, None)
-    return items
+    plan, selection = _plan_for_listing(inventory, request)
+    wanted = {
+        "device": True,
+        "binary": request.binaries,
+        "library": request.libraries,
+        "library32": request.libraries and request.compat32,
+        "ipc": request.ipcs,
+        "firmware": request.firmwares,
+    }
+    groups: dict[str, list[ListedItem]] = {kind: [] for kind in _LIST_ORDER}
+    for op in plan.of_type(Bind):
+        if op.kind in ("device", "mig-cap"):
+            if op.node_kind == "control" and selection.empty:
+                continue  # list shows control nodes only along with selected GPUs
+            extra = {"device_kind": op.node_kind or "mig-cap-file"}
+            if op.device is not None:
+                extra.update(major=op.device[0], minor=op.device[1])
+            kind = "device" if op.kind == "device" else "mig-cap-file"
+            groups["device"].append(ListedItem(kind, op.driver_path, op.source, op.target, op.capability, extra))
+        elif op.kind in groups and wanted[op.kind]:
+            groups[op.kind].append(ListedItem(op.kind, op.driver_path, op.source, op.target, op.capability))
+    return [item for kind in _LIST_ORDER for item in groups[kind]]
 
 
 def format_list_text(items: Sequence[ListedItem]) -> str:

@@ -59,6 +59,8 @@ class Bind:
     device: tuple[int, int] | None = None  # (major, minor) the host node must have
     source_in_rootfs: bool = False
     capability: str | None = None
+    driver_path: str = ""  # the source as a path inside the driver root: what `list` prints
+    node_kind: str | None = None  # device nodes: control | gpu | mig-cap | imex
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ def plan_configure(
     def binds(entries: Iterable[DriverFile], directory: str, kind: str) -> None:
         for f in entries:
             ops.append(Bind(kind, f.host_path, f"{directory}/{os.path.basename(f.path)}",
-                            capability=f.capability.value if f.capability else None))
+                            capability=f.capability.value if f.capability else None, driver_path=f.path))
 
     binds(filter_by_capabilities(files.binaries, caps), BINARY_DIR, "binary")
     libraries = filter_by_capabilities(files.libraries, caps)
@@ -184,21 +186,22 @@ def plan_configure(
 
     if not request.no_gsp_firmware:
         for f in files.firmwares:
-            ops.append(Bind("firmware", f.host_path, f.path, noexec=True))
+            ops.append(Bind("firmware", f.host_path, f.path, noexec=True, driver_path=f.path))
 
     for f in filter_by_capabilities(files.ipcs, caps):
         if request.no_persistenced and f.name == "nvidia-persistenced":
             continue
         if request.no_fabricmanager and f.name == "nv-fabricmanager":
             continue
-        ops.append(Bind("ipc", f.host_path, f.path, readonly=False, noexec=True,
-                        directory=os.path.isdir(f.host_path), capability=f.capability.value if f.capability else None))
+        ops.append(Bind("ipc", f.host_path, f.path, readonly=False, noexec=True, directory=os.path.isdir(f.host_path),
+                        capability=f.capability.value if f.capability else None, driver_path=f.path))
 
     def device(node: device_nodes.DeviceNode) -> None:
         if not request.no_devbind:
             ops.append(Bind("device", node.host_path, node.path, readonly=True, nodev=False, noexec=True,
                             device=(node.major, node.minor),
-                            capability=node.capability.value if node.capability else None))
+                            capability=node.capability.value if node.capability else None,
+                            driver_path=node.path, node_kind=node.kind))
         if not request.no_cgroups:
             ops.append(CgroupAllow("c", node.major, node.minor))
 
@@ -217,7 +220,7 @@ def plan_configure(
         return Plan(rootfs=request.rootfs, operations=tuple(ops), warnings=tuple(warnings))
     for node in device_nodes.mig_nodes(root, selection, mig_config, mig_monitor):
         if node.kind == "mig-cap-file":
-            ops.append(Bind("mig-cap", node.host_path, node.path, noexec=True))
+            ops.append(Bind("mig-cap", node.host_path, node.path, noexec=True, driver_path=node.path))
         else:
             device(node)
     for node in device_nodes.imex_nodes(root, imex_channels):

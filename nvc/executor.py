@@ -99,20 +99,32 @@ def mount_namespace_of(pid: int | None):
             os.close(fd)
 
 
-def _mounted_tmpfs(host_target: str) -> bool:
-    """Whether ``host_target`` (a path in the current mount namespace) is already a tmpfs mount point."""
+def _mount_table() -> list[tuple[str, str]]:
+    """(mount point, fs type) of the current mount namespace, in mountinfo order."""
+    table = []
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 fields = line.split()
                 if len(fields) < 10 or "-" not in fields:
                     continue
-                point = fields[4].encode().decode("unicode_escape") if "\\" in fields[4] else fields[4]
-                if point == host_target and fields[fields.index("-") + 1] == "tmpfs":
-                    return True
+                point = fields[4]
+                if "\\" in point:
+                    point = point.encode("utf-8", "surrogateescape").decode("unicode_escape")
+                table.append((point, fields[fields.index("-") + 1]))
     except OSError:
-        return False
-    return False
+        pass
+    return table
+
+
+def _fs_type(host_path: str) -> str | None:
+    """File system type of the mount that holds ``host_path`` (the last, i.e. top, mount of the longest prefix)."""
+    best: tuple[int, str] | None = None
+    for point, fstype in _mount_table():
+        prefix = point.rstrip("/") + "/"
+        if (host_path == point or host_path.startswith(prefix)) and (best is None or len(point) >= best[0]):
+            best = (len(point), fstype)
+    return best[1] if best else None
 
 
 def _same_file(root, source: str | int, inner: str) -> bool:
@@ -130,6 +142,7 @@ def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog) -> list[str]:
     from nvc.container_fs import open_root
 
     warnings: list[str] = []
+    skipped: set[str] = set()  # tmpfs targets not mounted: binds below them are skipped too
     try:
         root = open_root(plan.rootfs)
     except OSError as exc:
@@ -137,18 +150,23 @@ def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog) -> list[str]:
     with root:
         for op in plan.operations:
             try:
-                _apply_one(root, op, proc_contents, undo, log, warnings)
+                _apply_one(root, op, proc_contents, undo, log, warnings, skipped)
             except OSError as exc:
                 what = "symlink creation" if isinstance(op, Symlink) else "mount operation"
                 raise NvcError("mount", f"{what} failed: {_os_message(exc)}") from None
     return warnings
 
 
-def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str]) -> None:
+def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str], skipped: set[str]) -> None:
     if isinstance(op, Tmpfs):
-        inner_host = root.host_path(op.target)
-        resolved = os.path.realpath(inner_host) if os.path.isdir(inner_host) else inner_host
-        if _mounted_tmpfs(resolved) and root.lstat(f"{op.target}/version") is not None:
+        target_host = root.host_path(op.target)
+        if root.lstat(op.target) is None and _fs_type(os.path.dirname(target_host)) == "proc":
+            # The container's procfs has no NVIDIA driver directory: nothing to hide or rewrite there (only on a
+            # host whose kernel module is not loaded), and procfs cannot take a new one.
+            log.warning(f"{op.target} not present in the container's procfs: skipped")
+            skipped.add(op.target)
+            return
+        if _fs_type(target_host) == "tmpfs" and root.lstat(f"{op.target}/version") is not None:
             log.info(f"skipping {op.target}: already mounted")
             return
         files = proc_contents.get(op.target, {})
@@ -165,6 +183,8 @@ def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str]
         root.mount_tmpfs(op.target, op.mode, populate=populate, undo=undo)
         log.info(f"mounting tmpfs at {root.host_path(op.target)}")
     elif isinstance(op, Bind):
+        if any(op.target.startswith(f"{parent}/") for parent in skipped):
+            return
         source: str | int = op.source
         source_fd = None
         if op.source_in_rootfs:

@@ -9,7 +9,6 @@ GPU's node reads ENXIO (present, allowed by the device cgroup, no driver behind 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ import pytest
 from fixtures.gpu_host import make_gpu_host
 from fixtures.rootfs import busybox_rootfs, copy_rootfs, debian_rootfs, safe_rmtree
 from fixtures.runtimes import Containerd, make_bundle, oci_image_tar, run_crun, run_runc, unique_id
+from fixtures.tools import install_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-REPO = Path(__file__).resolve().parent.parent
 PROBE = (
     "nvidia-smi > /tmp/smi.out 2>&1; echo smi=$?; head -n 2 /tmp/smi.out; "
     "ldconfig -p | grep 'libnvidia-ml.so.1 '; echo gpus=$(ls /proc/driver/nvidia/gpus 2>&1); "
@@ -37,15 +36,7 @@ def host(tmp_path_factory):
 def tools(tmp_path_factory, host):
     """Our console scripts as small wrappers on a PATH, as an installed nvc would provide them."""
     bindir = tmp_path_factory.mktemp("bin")
-    for name, module in (("nvidia-container-runtime-hook", "nvc.hook"), ("nvidia-container-cli", "nvc")):
-        script = bindir / name
-        script.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m {module} \"$@\"\n")
-        script.chmod(0o755)
-    config = tmp_path_factory.mktemp("etc") / "config.toml"
-    config.write_text(f'[nvidia-container-cli]\nroot = "{host.root}"\n')
-    env = {"PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "NVIDIA_CTK_CONFIG_FILE_PATH": str(config), **host.env}
-    return bindir, env
+    return bindir, install_tools(bindir, host)
 
 
 def container_rootfs(dest: Path, debian: bool = False) -> Path:
@@ -151,12 +142,8 @@ def test_containerd_ctr_gpus_calls_our_cli(tmp_path, tools):
         ctrd.ctr("images", "import", str(oci_image_tar(image_root, tmp_path / "probe.tar", image)))
         res = ctrd.run(image, unique_id(), ["sh", "-c", PROBE],
                        extra_args=["--gpus", "1", "--env", "NVML_STUB_CONFIG=/etc/nvml-stub.conf"],
-                       env={**env, "NVC_DRIVER_ROOT": str(env_root(env))})
+                       env=env)
     assert res.returncode == 0, res.stderr
     assert_gpu_container(res.stdout)
     safe_rmtree(tmp_path / "image")
 
-
-def env_root(env: dict[str, str]) -> str:
-    config = Path(env["NVIDIA_CTK_CONFIG_FILE_PATH"]).read_text()
-    return config.split('root = "', 1)[1].split('"', 1)[0]

@@ -232,8 +232,8 @@ def test_cuda_compat_modes(host, rootfs, mode, expect_bind, expect_dir):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     binds = [line for line in lines if line.startswith("bind compat ")]
-    assert binds == ([f"bind compat rootfs:/usr/local/cuda/compat/libcuda.so.550.54.15 -> "
-                      f"/usr/lib64/libcuda.so.550.54.15 (ro,nosuid,nodev)"] if expect_bind else [])
+    assert binds == (["bind compat rootfs:/usr/local/cuda/compat/libcuda.so.550.54.15 -> "
+                      "/usr/lib64/libcuda.so.550.54.15 (ro,nosuid,nodev)"] if expect_bind else [])
     assert lines[-1] == ("ldcache default /usr/local/cuda/compat /usr/lib64" if expect_dir
                          else "ldcache default /usr/lib64")
 

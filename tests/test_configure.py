@@ -258,3 +258,33 @@ def test_not_root_is_a_permission_error(host, rootfs, monkeypatch):
     with pytest.raises(NvcError) as err:
         configure_container(GlobalOptions(root=str(host.root)), ConfigureRequest(rootfs=str(rootfs)))
     assert err.value.stage == "permission"
+
+
+def test_hostile_firmware_and_binary_links(host, rootfs, container, tmp_path):
+    victim = tmp_path / "host-firmware"
+    victim.mkdir()
+    (rootfs / "lib/firmware/nvidia").mkdir(parents=True)
+    (rootfs / f"lib/firmware/nvidia/{V}").symlink_to(victim)  # absolute link to a host directory
+    (rootfs / "usr/bin/nvidia-smi").symlink_to("/usr/bin/host-tool-that-must-not-be-covered")
+    before_host = mountinfo()
+    res = configure(host, f"--pid={container}", "--utility", "--no-cgroups", str(rootfs))
+    assert os.listdir(victim) == []
+    assert mountinfo() == before_host
+    # A symlink at a file target is refused (never followed), as one line; and nothing stays mounted.
+    assert res.returncode == 1, res.stdout
+    assert res.stderr.startswith("nvc: mount error: ") and res.stderr.count("\n") == 1
+    assert not any(str(rootfs) in line for line in mountinfo(container))
+
+
+def test_read_only_rootfs_fails_cleanly(host, rootfs, container):
+    # The image is mounted read-only inside the container's namespace, as runc does for readonly roots.
+    subprocess.run(["nsenter", f"--target={container}", "--mount", "--", "mount", "--bind", str(rootfs), str(rootfs)],
+                   check=True)
+    subprocess.run(["nsenter", f"--target={container}", "--mount", "--", "mount", "-o", "remount,bind,ro",
+                    str(rootfs)], check=True)
+    before = mountinfo(container)
+    res = configure(host, f"--pid={container}", "--utility", "--no-cgroups", str(rootfs))
+    assert res.returncode == 1
+    assert res.stderr.startswith("nvc: mount error: ") and "read-only file system" in res.stderr
+    assert mountinfo(container) == before
+    assert not any(str(rootfs) in line for line in mountinfo())  # the host never saw any of it

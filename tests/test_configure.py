@@ -265,15 +265,22 @@ def test_hostile_firmware_and_binary_links(host, rootfs, container, tmp_path):
     victim.mkdir()
     (rootfs / "lib/firmware/nvidia").mkdir(parents=True)
     (rootfs / f"lib/firmware/nvidia/{V}").symlink_to(victim)  # absolute link to a host directory
-    (rootfs / "usr/bin/nvidia-smi").symlink_to("/usr/bin/host-tool-that-must-not-be-covered")
     before_host = mountinfo()
     res = configure(host, f"--pid={container}", "--utility", "--no-cgroups", str(rootfs))
-    assert os.listdir(victim) == []
-    assert mountinfo() == before_host
-    # A symlink at a file target is refused (never followed), as one line; and nothing stays mounted.
+    assert res.returncode == 0, res.stderr
+    assert os.listdir(victim) == [] and mountinfo() == before_host
+    # The link was followed inside the rootfs: the firmware landed under ROOTFS/<victim path>.
+    inside = in_container(container, rootfs) / str(victim).lstrip("/")
+    assert sorted(os.listdir(inside)) == ["gsp_ga10x.bin", "gsp_tu10x.bin"]
+
+    # A symlink at a file target is refused, never followed; one line, and the new mounts are rolled back.
+    (rootfs / "usr/bin/nvidia-cuda-mps-control").symlink_to("/usr/bin/host-tool-that-must-not-be-covered")
+    before = mountinfo(container)
+    res = configure(host, f"--pid={container}", "--utility", "--compute", "--no-cgroups", str(rootfs))
     assert res.returncode == 1, res.stdout
     assert res.stderr.startswith("nvc: mount error: ") and res.stderr.count("\n") == 1
-    assert not any(str(rootfs) in line for line in mountinfo(container))
+    assert mountinfo(container) == before and mountinfo() == before_host
+    assert not Path("/usr/bin/host-tool-that-must-not-be-covered").exists()
 
 
 def test_read_only_rootfs_fails_cleanly(host, rootfs, container):

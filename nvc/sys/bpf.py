@@ -6,8 +6,8 @@ list what is attached, and read an attached program's instructions back. Device-
 live in :mod:`nvc.cgroups`.
 
 Why cffi + ``syscall()`` and no library: glibc has no ``bpf()`` wrapper, and libbpf is a C dependency we would have
-to find on every host. Why lazy: parsing the cdef costs milliseconds and only ``configure`` on a cgroup v2 host ever
-calls bpf(2), so nothing is built at import time.
+to find on every host. The ``struct nvc_bpf_*`` declarations live with the rest in ``nvc.sys._cdef`` and come from
+the one pre-built FFI of :mod:`nvc.sys._ffi`, loaded on the first call (nothing happens at import time).
 
 Errors are ``OSError`` with the kernel's errno (``EPERM`` without CAP_SYS_ADMIN/CAP_BPF, ``EINVAL`` for a kernel
 that lacks a feature, ``EACCES`` when the verifier rejects a program: then the verifier log is in the message).
@@ -19,7 +19,6 @@ import errno as _errno
 import os
 import struct
 import sys
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -203,73 +202,6 @@ def disassemble(insns: Sequence[Insn]) -> list[str]:
 
 
 # --- the system call ------------------------------------------------------------------------------------------------
-_CDEF = """
-long syscall(long number, ...);
-
-struct nvc_bpf_prog_load_attr {     /* BPF_PROG_LOAD */
-    uint32_t prog_type;
-    uint32_t insn_cnt;
-    uint64_t insns;
-    uint64_t license;
-    uint32_t log_level;
-    uint32_t log_size;
-    uint64_t log_buf;
-    uint32_t kern_version;
-    uint32_t prog_flags;
-    char     prog_name[16];
-    uint32_t prog_ifindex;
-    uint32_t expected_attach_type;
-};
-
-struct nvc_bpf_attach_attr {        /* BPF_PROG_ATTACH / BPF_PROG_DETACH */
-    uint32_t target_fd;
-    uint32_t attach_bpf_fd;
-    uint32_t attach_type;
-    uint32_t attach_flags;
-    uint32_t replace_bpf_fd;
-};
-
-struct nvc_bpf_query_attr {         /* BPF_PROG_QUERY; the kernel may write up to 'revision' */
-    uint32_t target_fd;
-    uint32_t attach_type;
-    uint32_t query_flags;
-    uint32_t attach_flags;
-    uint64_t prog_ids;
-    uint32_t prog_cnt;
-    uint32_t pad;
-    uint64_t prog_attach_flags;
-    uint64_t link_ids;
-    uint64_t link_attach_flags;
-    uint64_t revision;
-};
-
-struct nvc_bpf_get_id_attr {        /* BPF_PROG_GET_FD_BY_ID */
-    uint32_t id;
-    uint32_t next_id;
-    uint32_t open_flags;
-};
-
-struct nvc_bpf_info_attr {          /* BPF_OBJ_GET_INFO_BY_FD */
-    uint32_t bpf_fd;
-    uint32_t info_len;
-    uint64_t info;
-};
-
-struct nvc_bpf_prog_info {          /* the prefix of struct bpf_prog_info we read */
-    uint32_t type;
-    uint32_t id;
-    uint8_t  tag[8];
-    uint32_t jited_prog_len;
-    uint32_t xlated_prog_len;
-    uint64_t jited_prog_insns;
-    uint64_t xlated_prog_insns;
-    uint64_t load_time;
-    uint32_t created_by_uid;
-    uint32_t nr_map_ids;
-    uint64_t map_ids;
-    char     name[16];
-};
-"""
 
 # bpf(2) predates the unified syscall table, so its number differs per architecture (asm/unistd*.h).
 _SYS_BPF = {
@@ -277,22 +209,12 @@ _SYS_BPF = {
     "armv7l": 386, "ppc64le": 361, "ppc64": 361, "s390x": 351,
 }  # fmt: skip
 
-_lock = threading.Lock()
-_state: tuple[Any, Any] | None = None
-
 
 def _libc() -> tuple[Any, Any]:
-    """``(ffi, lib)``, built on first use: our own small FFI so the bpf structs need nothing from other modules."""
-    global _state
-    if _state is None:
-        with _lock:
-            if _state is None:
-                import cffi  # deferred: only a cgroup v2 configure ever gets here
+    """``(ffi, lib)``: the FFI shared with the rest of ``nvc.sys`` (declarations in ``nvc.sys._cdef``)."""
+    from nvc.sys._ffi import libc
 
-                ffi = cffi.FFI()
-                ffi.cdef(_CDEF)
-                _state = (ffi, ffi.dlopen(None))
-    return _state
+    return libc()
 
 
 def _sys_bpf_number() -> int:

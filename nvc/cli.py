@@ -156,6 +156,8 @@ def _capability_options(func):
 @click.option("--no-cntlibs", is_flag=True, help="Don't overwrite host mounts with container libraries.")
 @click.option("--cuda-compat-mode", type=click.Choice(["mount", "ldconfig", "disabled"]), default="mount",
               show_default=True, help="How CUDA forward-compat libraries in the image are used.")
+@click.option("--exec-ldconfig", is_flag=True,
+              help="Run ldconfig in the container instead of writing its ld.so.cache in-process (nvc extension).")
 @click.option("--gvisor", is_flag=True, help="gVisor nvproxy context (automatic when --pid is runsc's gofer).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (nvc extension).")
 @click.argument("rootfs", required=False)

@@ -72,4 +72,4 @@ def configure_container(
     from nvc.debuglog import DebugLog
     from nvc.executor import apply_plan
 
-    return apply_plan(plan, request.pid, log or DebugLog(opts.debug))
+    return apply_plan(plan, request.pid, log or DebugLog(opts.debug), write_ldcache=not request.exec_ldconfig)

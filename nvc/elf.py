@@ -115,3 +115,87 @@ def depends_on(path: str, prefix: str) -> bool:
     """True if a DT_NEEDED entry of the file starts with ``prefix``."""
     details = read_details(path)
     return details is not None and any(dep.startswith(prefix) for dep in details.needed)
+
+
+_PT_LOAD = 1
+_PT_DYNAMIC = 2
+_DT_NULL = 0
+_DT_STRTAB = 5
+_DT_SONAME = 14
+_MAX_PHNUM = 512
+_MAX_DYNAMIC = 1 << 20
+
+
+def read_soname(path: str) -> str | None:
+    """DT_SONAME of a shared library, read with ``struct`` from the program headers (no pyelftools).
+
+    This runs for every injected library on the hot path (to name the links and cache entries ldconfig would
+    make), so it reads only the ELF header, the program headers, the dynamic table and one string.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (ELFCLASS32, ELFCLASS64):
+                return None
+            end = "<" if head[5] == 1 else ">"
+            is64 = head[4] == ELFCLASS64
+            if is64:
+                phoff, = struct.unpack_from(end + "Q", head, 0x20)
+                phentsize, phnum = struct.unpack_from(end + "HH", head, 0x36)
+                ph_fmt, ph_size, dyn_fmt = end + "IIQQQQQQ", 56, end + "qQ"
+            else:
+                phoff, = struct.unpack_from(end + "I", head, 0x1C)
+                phentsize, phnum = struct.unpack_from(end + "HH", head, 0x2A)
+                ph_fmt, ph_size, dyn_fmt = end + "IIIIIIII", 32, end + "iI"
+            if phentsize < ph_size or phnum > _MAX_PHNUM:
+                return None
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
+            dynamic: tuple[int, int] | None = None  # (offset, size)
+            for i in range(phnum):
+                if (i + 1) * phentsize > len(table):
+                    return None
+                fields = struct.unpack_from(ph_fmt, table, i * phentsize)
+                if is64:
+                    p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = fields[:6]
+                else:
+                    p_type, p_offset, p_vaddr, _paddr, p_filesz = fields[:5]
+                if p_type == _PT_LOAD:
+                    loads.append((p_vaddr, p_offset, p_filesz))
+                elif p_type == _PT_DYNAMIC:
+                    dynamic = (p_offset, p_filesz)
+            if dynamic is None or dynamic[1] > _MAX_DYNAMIC:
+                return None
+            f.seek(dynamic[0])
+            dyn = f.read(dynamic[1])
+            strtab = soname = None
+            step = struct.calcsize(dyn_fmt)
+            for pos in range(0, len(dyn) - step + 1, step):
+                tag, value = struct.unpack_from(dyn_fmt, dyn, pos)
+                if tag == _DT_NULL:
+                    break
+                if tag == _DT_STRTAB:
+                    strtab = value
+                elif tag == _DT_SONAME:
+                    soname = value
+            if strtab is None or soname is None:
+                return None
+            for vaddr, offset, filesz in loads:
+                if vaddr <= strtab < vaddr + filesz:
+                    f.seek(offset + (strtab - vaddr) + soname)
+                    raw = f.read(256).split(b"\0", 1)
+                    return raw[0].decode("utf-8", "surrogateescape") if len(raw) == 2 and raw[0] else None
+            return None
+    except (OSError, struct.error, ValueError):
+        return None
+
+
+def cache_arch_class(identity: ElfIdentity | None) -> int | None:
+    """The ld.so.cache ABI class for a file's (ELF class, machine), None when we don't know it."""
+    if identity is None:
+        return None
+    for arch, ident in _CACHE_CLASS_IDENTITY.items():
+        if ident == (identity.elf_class, identity.machine):
+            return arch
+    return None

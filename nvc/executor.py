@@ -138,7 +138,7 @@ def _same_file(root, source: str | int, inner: str) -> bool:
     return (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino)
 
 
-def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog) -> list[str]:
+def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog, write_ldcache: bool) -> tuple[list[str], bool]:
     from nvc.container_fs import open_root
 
     warnings: list[str] = []
@@ -154,7 +154,43 @@ def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog) -> list[str]:
             except OSError as exc:
                 what = "symlink creation" if isinstance(op, Symlink) else "mount operation"
                 raise NvcError("mount", f"{what} failed: {_os_message(exc)}") from None
-    return warnings
+        cache_written = False
+        for op in plan.of_type(UpdateLdCache):
+            if write_ldcache:
+                cache_written = _write_ldcache(root, plan, op, undo, log)
+    return warnings, cache_written
+
+
+def _write_ldcache(root, plan: Plan, op: UpdateLdCache, undo, log: DebugLog) -> bool:
+    """Write the container's cache in-process; True when done (or skipped as NVIDIA would), False → ldconfig."""
+    from nvc.ldcache_update import update_ldcache
+    from nvc.ldconfig_exec import DEFAULT_CANDIDATES
+
+    # Without "@" NVIDIA runs the image's own ldconfig and leaves images that have none alone (static,
+    # distroless, musl): so do we. With "@/host/ldconfig" the cache is always written.
+    in_image = (op.ldconfig,) if op.ldconfig and not op.ldconfig.startswith("@") else DEFAULT_CANDIDATES
+    if not (op.ldconfig or "").startswith("@") and all(root.lstat(c) is None for c in in_image):
+        log.info(f"no ldconfig in the container ({', '.join(in_image)}): skipped")
+        return True
+
+    libraries: list[tuple[str, str]] = []
+    for bind in plan.of_type(Bind):
+        if bind.kind not in ("library", "library32", "compat"):
+            continue
+        if bind.source_in_rootfs:
+            libraries.append((f"{plan.rootfs}{root_resolve(bind.target, plan.rootfs)}", bind.target))
+        else:
+            libraries.append((bind.source, bind.target))
+    try:
+        return update_ldcache(root, plan.rootfs, libraries, op.directories, undo, log)
+    except OSError as exc:
+        raise NvcError("ldcache", f"cache update failed: {_os_message(exc)}") from None
+
+
+def root_resolve(inner: str, rootfs: str) -> str:
+    from nvc.rootpath import resolve_in_root
+
+    return resolve_in_root(rootfs, inner)
 
 
 def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str], skipped: set[str]) -> None:
@@ -208,8 +244,11 @@ def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str]
         log.info(f"creating symlink {root.host_path(op.target)} -> {op.value}")
 
 
-def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG) -> list[str]:
-    """Apply ``plan`` to the container of ``pid`` (None: in our own mount namespace); returns warnings."""
+def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldcache: bool = True) -> list[str]:
+    """Apply ``plan`` to the container of ``pid`` (None: in our own mount namespace); returns warnings.
+
+    ``write_ldcache``: update the container's ld.so.cache in-process (falling back to ldconfig when its cache is
+    not one we write); False runs ldconfig in the container as NVIDIA does."""
     from nvc.container_fs import Undo
     from nvc.ldconfig_exec import open_host_ldconfig, run_ldconfig
 
@@ -232,8 +271,10 @@ def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG) -> list[st
         with mount_namespace_of(pid):
             undo = Undo()
             try:
-                warnings = _apply_mounts(plan, proc_contents, undo, log)
+                warnings, cache_written = _apply_mounts(plan, proc_contents, undo, log, write_ldcache)
                 for op in ld_ops:
+                    if cache_written:
+                        break
                     skipped = run_ldconfig(plan.rootfs, op.ldconfig, ldconfig_fd, op.directories, uid, gid)
                     if skipped:
                         log.info(skipped)

@@ -139,40 +139,45 @@ def _capability_options(func):
     return func
 
 
-@cli.command()
-@click.option("-p", "--pid", type=int, metavar="PID", help="Container PID (default: the caller's namespaces).")
-@click.option("-d", "--device", "devices", multiple=True, metavar="ID", help="Device UUID(s) or index(es) to isolate.")
-@click.option("-r", "--require", "requirements", multiple=True, metavar="EXPR", help="Check container requirements.")
-@click.option("-l", "--ldconfig", metavar="PATH", help="Path to the ldconfig binary (@ prefix: a host binary).")
-@_capability_options
-@click.option("--mig-config", multiple=True, metavar="ID", help="Enable MIG configuration of these devices.")
-@click.option("--mig-monitor", multiple=True, metavar="ID", help="Enable MIG monitoring of these devices.")
-@click.option("--imex-channel", "imex_channels", multiple=True, metavar="ID", help="IMEX channel(s) to expose.")
-@click.option("--no-cgroups", is_flag=True, help="Don't set up device cgroups.")
-@click.option("--no-devbind", is_flag=True, help="Don't bind mount device nodes.")
-@click.option("--no-persistenced", is_flag=True, help="Don't include the persistenced socket.")
-@click.option("--no-fabricmanager", is_flag=True, help="Don't include the fabricmanager socket.")
-@click.option("--no-gsp-firmware", is_flag=True, help="Don't include GSP firmware.")
-@click.option("--no-cntlibs", is_flag=True, help="Don't overwrite host mounts with container libraries.")
-@click.option("--cuda-compat-mode", type=click.Choice(["mount", "ldconfig", "disabled"]), default="mount",
-              show_default=True, help="How CUDA forward-compat libraries in the image are used.")
-@click.option("--exec-ldconfig", is_flag=True,
-              help="Run ldconfig in the container instead of writing its ld.so.cache in-process (nvc extension).")
-@click.option("--gvisor", is_flag=True, help="gVisor nvproxy context (automatic when --pid is runsc's gofer).")
-@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (nvc extension).")
-@click.argument("rootfs", required=False)
-@click.pass_obj
-def configure(opts: GlobalOptions, rootfs: str | None, dry_run: bool, gvisor: bool, **options) -> None:
-    """Configure a container with GPU support by exposing device drivers to it."""
-    from nvc.configure import configure_container
+_REQUEST_OPTIONS = (
+    click.option("-d", "--device", "devices", multiple=True, metavar="ID", help="Device UUID(s) or index(es)."),
+    click.option("-r", "--require", "requirements", multiple=True, metavar="EXPR", help="Container requirement."),
+    click.option("-l", "--ldconfig", metavar="PATH", help="Path to the ldconfig binary (@ prefix: a host binary)."),
+    _capability_options,
+    click.option("--mig-config", multiple=True, metavar="ID", help="Enable MIG configuration of these devices."),
+    click.option("--mig-monitor", multiple=True, metavar="ID", help="Enable MIG monitoring of these devices."),
+    click.option("--imex-channel", "imex_channels", multiple=True, metavar="ID", help="IMEX channel(s) to expose."),
+    click.option("--no-cgroups", is_flag=True, help="Don't set up device cgroups."),
+    click.option("--no-devbind", is_flag=True, help="Don't bind mount device nodes."),
+    click.option("--no-persistenced", is_flag=True, help="Don't include the persistenced socket."),
+    click.option("--no-fabricmanager", is_flag=True, help="Don't include the fabricmanager socket."),
+    click.option("--no-gsp-firmware", is_flag=True, help="Don't include GSP firmware."),
+    click.option("--no-cntlibs", is_flag=True, help="Don't overwrite host mounts with container libraries."),
+    click.option("--cuda-compat-mode", type=click.Choice(["mount", "ldconfig", "disabled"]), default="mount",
+                 show_default=True, help="How CUDA forward-compat libraries in the image are used."),
+    click.option("--exec-ldconfig", is_flag=True,
+                 help="Run ldconfig in the container instead of writing its ld.so.cache in-process (nvc extension)."),
+    click.option("--gvisor", is_flag=True, help="gVisor nvproxy context (automatic when --pid is runsc's gofer)."),
+)
+
+
+def _request_options(func):
+    """The options of a container request, shared by configure and oci-edits (one definition of the grammar)."""
+    for decorator in reversed(_REQUEST_OPTIONS):
+        func = decorator(func)
+    return func
+
+
+def _request(rootfs: str | None, options: dict, pid: int | None = None):
     from nvc.request import ConfigureRequest
 
     if not rootfs or not rootfs.startswith("/") or os.path.normpath(rootfs) == "/":
         raise NvcError("input", "invalid rootfs directory")
     caps = frozenset(Capability(cap) for _, _, cap in _CAPABILITY_FLAGS if options.pop(cap))
-    request = ConfigureRequest(
+    gvisor = options.pop("gvisor")
+    return ConfigureRequest(
         rootfs=os.path.normpath(rootfs),
-        pid=options.pop("pid"),
+        pid=pid,
         devices=tuple(split_device_list(options.pop("devices"))),
         capabilities=caps,
         mig_config=tuple(options.pop("mig_config")),
@@ -183,8 +188,49 @@ def configure(opts: GlobalOptions, rootfs: str | None, dry_run: bool, gvisor: bo
         no_cgroups=options.pop("no_cgroups") or gvisor,
         **options,
     )
-    for line in configure_container(opts, request, dry_run=dry_run):
+
+
+@cli.command()
+@click.option("-p", "--pid", type=int, metavar="PID", help="Container PID (default: the caller's namespaces).")
+@_request_options
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (nvc extension).")
+@click.argument("rootfs", required=False)
+@click.pass_obj
+def configure(opts: GlobalOptions, rootfs: str | None, pid: int | None, dry_run: bool, **options) -> None:
+    """Configure a container with GPU support by exposing device drivers to it."""
+    from nvc.configure import configure_container
+
+    for line in configure_container(opts, _request(rootfs, options, pid), dry_run=dry_run):
         click.echo(line)
+
+
+@cli.command(name="oci-edits")
+@_request_options
+@click.option("--ldcache-out", metavar="FILE",
+              help="Write the container's merged ld.so.cache here (the edits mount it over /etc/ld.so.cache).")
+@click.argument("rootfs", required=False)
+@click.pass_obj
+def oci_edits(opts: GlobalOptions, rootfs: str | None, ldcache_out: str | None, **options) -> None:
+    """Print the OCI spec edits (mounts, devices, cgroup rules, env) that give ROOTFS the driver: for runtimes
+    without hook support such as gVisor's runsc (nvc extension)."""
+    from nvc.oci_edits import oci_edits_command
+
+    text, notes = oci_edits_command(opts, _request(rootfs, options), ldcache_out)
+    for note in notes:
+        click.echo(f"{_prog_name()}: note: {note}", err=True)
+    _write(text)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                               "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def runtime(args: tuple[str, ...]) -> None:
+    """nvidia-container-runtime: edit a GPU container's spec on create/run, then exec runc/crun/runsc."""
+    from nvc.runtime_shim import main as shim_main
+
+    code = shim_main(list(args))
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,

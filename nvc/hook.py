@@ -141,8 +141,8 @@ def safe_environment(environ) -> dict[str, str]:
 
 def run_hook(argv: list[str], stdin, environ) -> int:
     from nvc.container_env import gpu_request_from_spec
+    from nvc.container_request import configure_request_from_gpu, global_options_from_config
     from nvc.debuglog import DebugLog
-    from nvc.request import ConfigureRequest
     from nvc.runtime_config import load_config
 
     config_path, debug, stage = parse_args(argv)
@@ -173,20 +173,7 @@ def run_hook(argv: list[str], stdin, environ) -> int:
             "runsc calls nvidia-container-cli itself",
         )
     rootfs = container_rootfs(state, spec, bundle)
-    compat_mode = config.runtime.modes.legacy.cuda_compat_mode
-    request = ConfigureRequest(
-        rootfs=rootfs,
-        pid=pid,
-        devices=gpu.devices,
-        capabilities=gpu.capabilities,
-        requirements=gpu.requirements,
-        ldconfig=config.cli.ldconfig or None,
-        mig_config=(gpu.mig_config,) if gpu.mig_config else (),
-        mig_monitor=(gpu.mig_monitor,) if gpu.mig_monitor else (),
-        imex_channels=gpu.imex_channels,
-        no_cgroups=config.cli.no_cgroups,
-        cuda_compat_mode=compat_mode if compat_mode in ("mount", "ldconfig", "disabled") else "mount",
-    )
+    request = configure_request_from_gpu(gpu, config, rootfs, pid)
     log.info(f"{stage}: container pid {pid}, rootfs {rootfs}, devices {','.join(gpu.devices) or 'none'}, "
              f"capabilities {','.join(sorted(c.value for c in gpu.capabilities))}", where="hook")
     if config.cli.path:
@@ -195,16 +182,8 @@ def run_hook(argv: list[str], stdin, environ) -> int:
         sys.stdout.flush()
         os.execve(config.cli.path, argv_out, safe_environment(environ))
     from nvc.configure import configure_container
-    from nvc.options import GlobalOptions, parse_user
 
-    opts = GlobalOptions(
-        debug=log_path,
-        load_kmods=config.cli.load_kmods,
-        no_pivot=config.cli.no_pivot,
-        user=parse_user(config.cli.user) if config.cli.user else None,
-        root=config.cli.root or "/",
-        ldcache=config.cli.ldcache or "/etc/ld.so.cache",
-    )
+    opts = global_options_from_config(config)
     for line in configure_container(opts, request, log=log):
         print(line, file=sys.stderr)
     return 0

@@ -43,6 +43,7 @@ def query_nvml(
     """Driver version and GPUs from the root's own libnvidia-ml (raises ``initialization`` errors)."""
     from nvc.ldcache import host_arch_classes
     from nvc.nvml import query_driver
+    from nvc.nvml.cache import cached_query
 
     if cache is None:
         cache = load_ldcache(driver_root, ldcache)
@@ -51,7 +52,12 @@ def query_nvml(
         from nvc.kmods import load_kernel_modules
 
         load_kernel_modules(driver_root)
-    info = query_driver(library, driver_root=driver_root, timeout=NVML_TIMEOUT_SECONDS, user=user)
+    info = cached_query(
+        library,
+        driver_root,
+        lambda: query_driver(library, driver_root=driver_root, timeout=NVML_TIMEOUT_SECONDS, user=user),
+        user=user,
+    )
     if load_kmods:
         load_kernel_modules(driver_root, [gpu.minor for gpu in info.gpus])
     return info

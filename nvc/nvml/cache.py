@@ -1,0 +1,340 @@
+"""Remember NVML's answer for a driver root, so the hot path (every container start) runs no NVML while it holds.
+
+Asking NVML costs a forked, confined helper and an ``nvmlInit``: a few milliseconds with the persistence daemon,
+100 ms to seconds without it (the driver initialises every GPU, then tears them down again). The answer only
+changes when the driver, its library or the GPUs change, so it is stored on disk and reused while these still
+hold:
+
+* the key (the file name is the SHA-256 of it): the boot id, the driver root, the NVML library's identity
+  (``st_dev``, ``st_ino``, ``st_size``, ``st_mtime_ns`` of the resolved file), the kernel module's version from
+  ``<root>/proc/driver/nvidia/version`` and the helper's credentials;
+* checked on every hit, with a few small reads: the set of ``<root>/proc/driver/nvidia/gpus/*`` directories equals
+  the cached GPUs' bus ids and each ``information`` file still has the cached digest; the names under
+  ``<root>/proc/driver/nvidia/capabilities`` (one ``gpuN/mig/giX[/ciY]`` directory per MIG instance) are unchanged,
+  so creating or destroying MIG instances is noticed.
+
+No kernel module (no ``/proc`` version file) means no caching: NVML is asked, and its error reported, every time.
+
+The store is a directory (``/run/nvc``: tmpfs, gone at reboot) holding one JSON file per key, mode 0600 in a 0700
+directory owned by us. Nothing there is trusted blindly: the directory is opened with ``O_NOFOLLOW`` and refused
+unless it is ours and not group/world-writable, every file access is relative to that descriptor and never
+follows a symlink, writes go to a temporary file renamed into place. Any problem with the cache (unreadable,
+corrupt, refused, a full disk) falls back to asking NVML; it never fails the query. ``$NVC_CACHE_DIR`` overrides the
+directory, ``$NVC_NO_CACHE=1`` turns caching off.
+
+File format (``<sha256 of the key>.json``)::
+
+    {"format": 1,
+     "key": {"format": 1, "boot_id": "...", "driver_root": "/", "library": "/usr/lib/.../libnvidia-ml.so.535.x",
+             "library_id": [st_dev, st_ino, st_size, st_mtime_ns], "driver_version": "535.x", "user": null},
+     "gpus": {"0000:3b:00.0": "<sha256 of its information file>", ...},
+     "mig_caps": "<sha256 of the sorted names under /proc/driver/nvidia/capabilities>",
+     "info": DriverInfo.to_dict()}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from typing import TYPE_CHECKING, Any
+
+from nvc.proc_driver import parse_nvrm_version, proc_bus_id
+from nvc.rootpath import host_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nvc.driver_info import DriverInfo
+
+DEFAULT_CACHE_DIR = "/run/nvc"
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"  # the host's, whatever the driver root
+CACHE_DIR_ENV = "NVC_CACHE_DIR"
+NO_CACHE_ENV = "NVC_NO_CACHE"
+FORMAT = 1
+MAX_ENTRIES = 64  # entries kept in the directory; the oldest go when a write passes this
+MAX_ENTRY_BYTES = 1 << 20  # a cache file larger than this is garbage
+MAX_PROC_BYTES = 1 << 16  # /proc files we digest are a few hundred bytes
+MAX_CAP_NAMES = 8192  # a capabilities tree larger than this is not cached
+STALE_TMP_SECONDS = 60.0  # a temporary file older than this was left by a crashed writer
+
+_PROC = "/proc/driver/nvidia"
+_ENTRY_SUFFIX = ".json"
+_HEX = frozenset("0123456789abcdef")
+
+
+def cached_query(
+    library_path: str,
+    driver_root: str,
+    query: Callable[[], DriverInfo],
+    cache_dir: str = DEFAULT_CACHE_DIR,
+    *,
+    user: tuple[int, int] | None = None,
+) -> DriverInfo:
+    """``query()``'s answer, from the cache when the driver, its library and the GPUs are unchanged.
+
+    ``library_path`` is the host path of the root's ``libnvidia-ml.so.1`` that ``query`` loads; ``user`` is the
+    ``(uid, gid)`` the query runs as (part of the key: NVML may see fewer GPUs as another user). Errors from
+    ``query`` propagate and are never cached; errors of the cache itself only cost a call to ``query``.
+    """
+    if os.environ.get(NO_CACHE_ENV, "") not in ("", "0"):
+        return query()
+    try:
+        state = _snapshot(library_path, driver_root, user)
+        dir_fd = _open_cache_dir(os.environ.get(CACHE_DIR_ENV) or cache_dir) if state is not None else None
+    except Exception:  # a bug or a surprise in the cache must not cost the answer
+        state, dir_fd = None, None
+    if state is None or dir_fd is None:
+        return query()
+    try:
+        try:
+            cached = _load(dir_fd, state)
+        except Exception:
+            cached = None
+        if cached is not None:
+            return cached
+        info = query()  # its errors are the caller's
+        with contextlib.suppress(Exception):
+            _store(dir_fd, state, info)
+        return info
+    finally:
+        os.close(dir_fd)
+
+
+class _State:
+    """What the answer depends on, read before NVML is asked (a change while it runs makes the entry stale)."""
+
+    __slots__ = ("gpus", "key", "mig_caps", "name")
+
+    def __init__(self, key: dict[str, Any], gpus: dict[str, str], mig_caps: str) -> None:
+        import hashlib
+        import json
+
+        self.key = key
+        self.gpus = gpus
+        self.mig_caps = mig_caps
+        self.name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest() + _ENTRY_SUFFIX
+
+
+def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None) -> _State | None:
+    """The key and the checked /proc state now; ``None`` when the answer must not be cached."""
+    root = os.path.realpath(driver_root)
+    try:
+        version = parse_nvrm_version(_read_small(host_path(root, _PROC + "/version")).decode(errors="replace"))
+        boot_id = _read_small(BOOT_ID_PATH).decode(errors="replace").strip()
+        lib = os.stat(library_path)  # follows the soname link: the file actually loaded
+    except OSError:
+        return None
+    if not version or not boot_id:
+        return None
+    gpus = _proc_gpus(root)
+    mig_caps = _capability_names_digest(root)
+    if gpus is None or mig_caps is None:
+        return None
+    key = {
+        "format": FORMAT,
+        "boot_id": boot_id,
+        "driver_root": root,
+        "library": os.path.realpath(library_path),
+        "library_id": [lib.st_dev, lib.st_ino, lib.st_size, lib.st_mtime_ns],
+        "driver_version": version,
+        "user": list(user) if user is not None else None,
+    }
+    return _State(key, gpus, mig_caps)
+
+
+def _read_small(path: str) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.read(MAX_PROC_BYTES)
+
+
+def _proc_gpus(root: str) -> dict[str, str] | None:
+    """``{bus id directory: sha256 of its information file}`` for ``<root>/proc/driver/nvidia/gpus``."""
+    import hashlib
+
+    gpus_dir = host_path(root, _PROC + "/gpus")
+    try:
+        names = os.listdir(gpus_dir)
+    except FileNotFoundError:
+        names = []
+    except OSError:
+        return None
+    digests = {}
+    for name in names:
+        try:
+            data = _read_small(os.path.join(gpus_dir, name, "information"))
+        except OSError:
+            return None
+        digests[name] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def _capability_names_digest(root: str) -> str | None:
+    """SHA-256 of the sorted names under ``<root>/proc/driver/nvidia/capabilities`` (MIG instances live there)."""
+    import hashlib
+
+    base = host_path(root, _PROC + "/capabilities")
+    names: list[str] = []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        try:
+            entries = os.scandir(os.path.join(base, rel) if rel else base)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None
+        with entries:
+            for entry in entries:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                names.append(path)
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+        if len(names) > MAX_CAP_NAMES:
+            return None
+    names.sort()
+    return hashlib.sha256("\n".join(names).encode(errors="surrogateescape")).hexdigest()
+
+
+def _open_cache_dir(path: str) -> int | None:
+    """A descriptor of the cache directory (created 0700 if missing), or ``None`` when it is not safe to use."""
+    if not os.path.isabs(path):
+        return None
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # a symlink (ELOOP), not a directory, gone again
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _load(dir_fd: int, state: _State) -> DriverInfo | None:
+    """The cached answer if the entry is ours, well-formed and still matches ``state``."""
+    import json
+
+    from nvc.driver_info import DriverInfo
+
+    try:
+        fd = os.open(state.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:  # missing, or a symlink (ELOOP)
+        return None
+    try:
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or st.st_mode & 0o077
+            or st.st_size > MAX_ENTRY_BYTES
+        ):
+            return None
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > MAX_ENTRY_BYTES:
+                return None
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    try:
+        entry = json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+    if (
+        not isinstance(entry, dict)
+        or entry.get("format") != FORMAT
+        or entry.get("key") != state.key
+        or entry.get("gpus") != state.gpus
+        or entry.get("mig_caps") != state.mig_caps
+        or not isinstance(entry.get("info"), dict)
+    ):
+        return None
+    try:
+        info = DriverInfo.from_dict(entry["info"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if {proc_bus_id(gpu.bus_id) for gpu in info.gpus} != set(state.gpus):
+        return None
+    return info
+
+
+def _store(dir_fd: int, state: _State, info: DriverInfo) -> None:
+    """Write the entry atomically: a private temporary file in the same directory, renamed over the name."""
+    import json
+
+    if {proc_bus_id(gpu.bus_id) for gpu in info.gpus} != set(state.gpus):
+        return  # NVML and /proc disagree (a GPU NVML cannot see?): such an entry would never validate
+    data = json.dumps(
+        {"format": FORMAT, "key": state.key, "gpus": state.gpus, "mig_caps": state.mig_caps, "info": info.to_dict()},
+        sort_keys=True,
+    ).encode()
+    tmp = f".{state.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        # rename replaces whatever has the name (a symlink included) and never writes through it.
+        os.rename(tmp, state.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    _prune(dir_fd, keep=state.name)
+
+
+def _is_entry_name(name: str) -> bool:
+    stem = name[: -len(_ENTRY_SUFFIX)]
+    return name.endswith(_ENTRY_SUFFIX) and len(stem) == 64 and set(stem) <= _HEX
+
+
+def _prune(dir_fd: int, keep: str) -> None:
+    """Bound the directory: drop the oldest entries beyond :data:`MAX_ENTRIES` and stale temporary files.
+
+    Only names this module writes are touched, so a directory shared through ``$NVC_CACHE_DIR`` keeps its other
+    files. Runs after a write only (the slow path).
+    """
+    import time
+
+    now = time.time()
+    entries: list[tuple[int, str]] = []
+    with os.scandir(dir_fd) as it:
+        for item in it:
+            name = item.name
+            if name == keep:
+                continue
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if name.startswith(".") and name.endswith(".tmp") and _is_entry_name(name[1:70]):
+                if now - st.st_mtime > STALE_TMP_SECONDS:
+                    _unlink(dir_fd, name)
+            elif _is_entry_name(name):
+                entries.append((st.st_mtime_ns, name))
+    excess = len(entries) + 1 - MAX_ENTRIES
+    if excess > 0:
+        entries.sort()
+        for _mtime, name in entries[:excess]:
+            _unlink(dir_fd, name)
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)

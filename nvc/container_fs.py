@@ -428,21 +428,8 @@ class RootFs:
         if mode is None:
             mode = stat.S_IMODE(os.stat(source).st_mode)
         target, created = self.create_file(inner_path, mode, undo=undo)
-        try:
-            mnt = bind_mount_fd(
-                source,
-                target,
-                readonly=readonly,
-                nosuid=nosuid,
-                nodev=nodev,
-                noexec=noexec,
-                api=api,
-                display=self.host_path(inner_path),
-            )
-        finally:
-            os.close(target)
-        if undo is not None:
-            undo.add_mount(mnt)
+        mnt = self._bind_onto(source, target, inner_path, undo, readonly=readonly, nosuid=nosuid, nodev=nodev,
+                              noexec=noexec, api=api)
         return mnt, created
 
     def bind_dir(
@@ -460,23 +447,19 @@ class RootFs:
     ) -> tuple[Mount, bool]:
         """Directory target + bind mount of a host directory; returns ``(mount, directory_created)``."""
         target, created = self.create_dir(inner_path, undo=undo)
+        mnt = self._bind_onto(source, target, inner_path, undo, readonly=readonly, nosuid=nosuid, nodev=nodev,
+                              noexec=noexec, recursive=recursive, api=api)
+        return mnt, created
+
+    def _bind_onto(self, source: str | int, target: int, inner_path: str, undo: Undo | None, **options) -> Mount:
+        """Bind ``source`` onto the target fd (closed here) and record the mount for undo."""
         try:
-            mnt = bind_mount_fd(
-                source,
-                target,
-                readonly=readonly,
-                nosuid=nosuid,
-                nodev=nodev,
-                noexec=noexec,
-                recursive=recursive,
-                api=api,
-                display=self.host_path(inner_path),
-            )
+            mnt = bind_mount_fd(source, target, display=self.host_path(inner_path), **options)
         finally:
             os.close(target)
         if undo is not None:
             undo.add_mount(mnt)
-        return mnt, created
+        return mnt
 
     def mount_tmpfs(
         self,

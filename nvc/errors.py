@@ -33,3 +33,30 @@ class NvcError(Exception):
         super().__init__(f"{stage} error: {message}")
         self.stage = stage
         self.message = message
+
+
+def run_reporting_errors(prog: str, run, os_error_stage: str | None = None) -> int:
+    """Run an entry point's body and turn every failure into NVIDIA's one line on stderr and exit status 1.
+
+    The one place (with the CLI's click handling on top) where errors become text: ``NvcError`` as
+    ``PROG: <stage> error: <message>``; an ``OSError`` that escaped a layer under ``os_error_stage`` (or plain
+    ``error``); a bug of ours as one line too (``NVC_TRACEBACK=1`` shows the traceback for debugging).
+    """
+    import os
+    import sys
+
+    try:
+        return run()
+    except NvcError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        label = f"{os_error_stage} error" if os_error_stage else "error"
+        sys.stderr.write(f"{prog}: {label}: {(exc.strerror or str(exc)).lower()}{where}\n")
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("NVC_TRACEBACK"):
+            raise
+        sys.stderr.write(f"{prog}: error: {type(exc).__name__}: {exc}\n")
+    return 1

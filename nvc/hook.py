@@ -191,27 +191,20 @@ def run_hook(argv: list[str], stdin, environ) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one line on stderr and exit 1 on any failure (runc shows it to the user)."""
+    from nvc.errors import run_reporting_errors
+
     args = sys.argv[1:] if argv is None else argv
-    try:
-        return run_hook(args, sys.stdin, os.environ)
-    except HookUsageError as exc:
-        if str(exc):
-            sys.stderr.write(f"{PROG}: {exc}\n")
-        sys.stderr.write(USAGE)
-        return 2
-    except NvcError as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
-        return 1
-    except OSError as exc:
-        sys.stderr.write(f"{PROG}: error: {(exc.strerror or str(exc)).lower()}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        if os.environ.get("NVC_TRACEBACK"):
-            raise
-        sys.stderr.write(f"{PROG}: error: {type(exc).__name__}: {exc}\n")
-        return 1
+
+    def run() -> int:
+        try:
+            return run_hook(args, sys.stdin, os.environ)
+        except HookUsageError as exc:
+            if str(exc):
+                sys.stderr.write(f"{PROG}: {exc}\n")
+            sys.stderr.write(USAGE)
+            return 2
+
+    return run_reporting_errors(PROG, run)
 
 
 if __name__ == "__main__":

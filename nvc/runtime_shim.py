@@ -351,23 +351,11 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one line on stderr and exit 1 on any failure, never a traceback."""
+    from nvc.errors import run_reporting_errors
+
     args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return run(args, os.environ)
-    except NvcError as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
-        return 1
-    except OSError as exc:  # writing config.json or the cache into the bundle
-        where = f": {exc.filename}" if exc.filename else ""
-        sys.stderr.write(f"{PROG}: container error: {(exc.strerror or str(exc)).lower()}{where}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # a bug of ours still gets one line
-        if os.environ.get("NVC_TRACEBACK"):
-            raise
-        sys.stderr.write(f"{PROG}: error: {type(exc).__name__}: {exc}\n")
-        return 1
+    # An OSError reaching here comes from writing config.json or the cache into the bundle.
+    return run_reporting_errors(PROG, lambda: run(args, os.environ), os_error_stage="container")
 
 
 if __name__ == "__main__":

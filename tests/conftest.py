@@ -28,3 +28,36 @@ def fixture_set():
     from fixtures.driver_roots import ensure_all
 
     return ensure_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_nvml_cache(tmp_path_factory):
+    """Keep the NVML answer cache of the whole run (and every nvc process it starts) out of /run/nvc."""
+    path = tmp_path_factory.mktemp("nvml-cache")
+    path.chmod(0o700)
+    old = os.environ.get("NVC_CACHE_DIR")
+    os.environ["NVC_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("NVC_CACHE_DIR", None)
+    else:
+        os.environ["NVC_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """A fake GPU host (real Debian driver files, stub NVML, real device nodes) for this test module."""
+    from fixtures.gpu_host import make_gpu_host
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mknod)")
+    return make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory, host):
+    """Our console scripts as wrappers on a PATH, pointed at ``host``: (bin dir, the runtime's environment)."""
+    from fixtures.tools import install_tools
+
+    bindir = tmp_path_factory.mktemp("bin")
+    return bindir, install_tools(bindir, host)

@@ -13,15 +13,9 @@ from pathlib import Path
 import pytest
 
 from fixtures.driver_roots import DRIVER_VERSION
-from fixtures.gpu_host import make_gpu_host
 
 pytestmark = pytest.mark.root
 V = DRIVER_VERSION
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    return make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
 
 
 @pytest.fixture

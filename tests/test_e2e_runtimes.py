@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.gpu_host import make_gpu_host
 from fixtures.rootfs import busybox_rootfs, copy_rootfs, debian_rootfs, safe_rmtree
 from fixtures.runtimes import Containerd, make_bundle, oci_image_tar, run_crun, run_runc, unique_id
-from fixtures.tools import install_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 PROBE = (
@@ -25,18 +23,6 @@ PROBE = (
     "cat /dev/nvidia0 2>&1 | head -n 1; cat /dev/nvidia3 2>&1 | head -n 1; echo env=$LD_PRELOAD; "
     "ls /dev | grep nvidia | tr '\\n' ' '; echo"
 )
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    return make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
-
-
-@pytest.fixture(scope="module")
-def tools(tmp_path_factory, host):
-    """Our console scripts as small wrappers on a PATH, as an installed nvc would provide them."""
-    bindir = tmp_path_factory.mktemp("bin")
-    return bindir, install_tools(bindir, host)
 
 
 def container_rootfs(dest: Path, debian: bool = False) -> Path:

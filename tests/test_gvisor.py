@@ -12,22 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.gpu_host import make_gpu_host
 from fixtures.rootfs import busybox_rootfs, copy_rootfs, safe_rmtree
-from fixtures.tools import install_tools
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    return make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
-
-
-@pytest.fixture(scope="module")
-def tools(tmp_path_factory, host):
-    bindir = tmp_path_factory.mktemp("bin")
-    return bindir, install_tools(bindir, host)
 
 
 def named_process(name: str, new_mount_ns: bool) -> subprocess.Popen:

@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.gpu_host import make_gpu_host
 from fixtures.rootfs import busybox_rootfs, copy_rootfs, debian_rootfs, safe_rmtree
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    return make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
 
 
 @pytest.fixture

@@ -215,15 +215,6 @@ def test_bind_mount_options():
 # --- the fake GPU host's plan ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (mknod)")
-    from fixtures.gpu_host import make_gpu_host
-
-    return make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
-
-
 def make_plan(host, rootfs: Path, monkeypatch, devices=("0",), caps=(Capability.COMPUTE, Capability.UTILITY),
               **request) -> Plan:
     """The planner's real output for the fake host (its NVML stub answers through the child's environment)."""

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.gpu_host import GpuHost, make_gpu_host
 from fixtures.rootfs import apt_install, mounts_under, safe_rmtree
 from fixtures.runtimes import oci_image_tar
 from tests.test_e2e_runtimes import PROBE, assert_gpu_container, container_rootfs
@@ -169,11 +168,6 @@ def podman_version() -> str:
     if proc.returncode != 0:
         pytest.skip(f"podman cannot run here: podman --version exited {proc.returncode}: {proc.stderr.strip()}")
     return proc.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory) -> GpuHost:
-    return make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
 
 
 @pytest.fixture(scope="module")

@@ -302,15 +302,6 @@ def test_errors_are_one_line(tmp_path):
 # --- spec mode: the plan merged into config.json ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (mknod)")
-    from fixtures.gpu_host import make_gpu_host
-
-    return make_gpu_host(tmp_path_factory.mktemp("gpuhost"))
-
-
 @pytest.mark.root
 @pytest.mark.parametrize(("mode", "runtime"), [("spec", "runc"), ("cdi", "crun"), ("auto", "runsc")])
 def test_spec_mode_merges_the_plan(host, tmp_path, mode, runtime):

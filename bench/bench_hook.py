@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Benchmark of the OCI hook path (a report, not a test). Needs root.
+"""Benchmark of the hot paths: every container start pays for them (a report, not a test). Needs root.
 
-Prints, on the fake GPU host (Debian 535 driver files, stub NVML, 1 GPU selected, utility+compute):
+On the fake GPU host (Debian 535 driver files, stub NVML with a warm answer cache, utility+compute), with 1 GPU
+and with 8 GPUs selected, prints medians of N alternating rounds of:
   - hook latency: `nvidia-container-runtime-hook prestart` from state on stdin to exit, for a fresh container
-    (a held mount namespace + a fresh busybox rootfs copy each time), in-process injection vs. a hook that execs
-    our `nvidia-container-cli configure` (NVIDIA's design: a second process per container);
-  - `runc run /bin/true` on the busybox bundle: no hook, our hook in-process, our hook exec'ing the CLI —
-    median of N alternating rounds, and the added time relative to the no-hook start.
+    (a held mount namespace + a fresh busybox rootfs copy each time);
+  - `runc run /bin/true` on the busybox bundle: no hook; our hook (in-process, writing ld.so.cache itself);
+    containerd's `oci-hook` exec'ing our `nvidia-container-cli configure` the way `ctr run --gpus` (and runsc)
+    do; our hook exec'ing the container's ldconfig instead (NVC_EXEC_LDCONFIG=1) — with the added time as a
+    ratio of the no-hook start (issue target: <= 0.50, NVIDIA's C tool in the same harness).
 
-Usage: python bench/bench_hook.py [-n ROUNDS]
+Usage: python bench/bench_hook.py [-n ROUNDS] [--gpus 1,8]
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def hook_once(work: Path, env: dict[str, str], base_rootfs: Path) -> float:
     from fixtures.runtimes import make_bundle
 
     bundle = work / "hook-bundle"
-    make_bundle(bundle, copy_rootfs(base_rootfs, bundle / "rootfs"), ["true"], env=PROBE_ENV)
+    make_bundle(bundle, copy_rootfs(base_rootfs, bundle / "rootfs"), ["true"],
+                env=[f"NVIDIA_VISIBLE_DEVICES={env['NVC_BENCH_DEVICES']}", *PROBE_ENV[1:]])
     holder = held_namespace()
     try:
         state = json.dumps({"ociVersion": "1.0.2", "id": "b", "pid": holder.pid, "bundle": str(bundle)})
@@ -59,25 +62,38 @@ def hook_once(work: Path, env: dict[str, str], base_rootfs: Path) -> float:
         safe_rmtree(bundle)
 
 
-def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, hook: bool) -> float:
+def hook_entries(env: dict[str, str], kind: str) -> dict | None:
+    """The prestart hook of each variant, as a runtime would register it."""
+    bindir = Path(env["PATH"].split(":")[0])
+    if kind == "none":
+        return None
+    if kind == "cli":  # containerd's `ctr run --gpus`: its oci-hook fills pid/rootfs and execs our CLI
+        containerd = shutil.which("containerd") or "/usr/bin/containerd"
+        args = ["containerd", "oci-hook", "--", str(bindir / "nvidia-container-cli"), "--load-kmods", "configure",
+                f"--device={env['NVC_BENCH_DEVICES']}", "--compute", "--utility", "--pid={{pid}}", "{{rootfs}}"]
+        return {"prestart": [{"path": containerd, "args": args}]}
+    path = str(bindir / "nvidia-container-runtime-hook")
+    return {"prestart": [{"path": path, "args": ["nvidia-container-runtime-hook", "prestart"]}]}
+
+
+def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, kind: str) -> float:
     from fixtures.rootfs import copy_rootfs, safe_rmtree
     from fixtures.runtimes import make_bundle, unique_id
 
     bundle = work / "runc-bundle"
-    hooks = None
-    if hook:
-        path = str(Path(env["PATH"].split(":")[0]) / "nvidia-container-runtime-hook")
-        hooks = {"prestart": [{"path": path, "args": ["nvidia-container-runtime-hook", "prestart"]}]}
-    make_bundle(bundle, copy_rootfs(base_rootfs, bundle / "rootfs"), ["/bin/true"], env=PROBE_ENV, hooks=hooks)
+    make_bundle(bundle, copy_rootfs(base_rootfs, bundle / "rootfs"), ["/bin/true"],
+                env=[f"NVIDIA_VISIBLE_DEVICES={env['NVC_BENCH_DEVICES']}", *PROBE_ENV[1:]],
+                hooks=hook_entries(env, kind))
     state_dir = tempfile.mkdtemp(prefix="nvc-bench-runc-")
     cid = unique_id("bench")
+    run_env = dict(env, NVC_EXEC_LDCONFIG="1") if kind == "exec-ldconfig" else env
     try:
         start = time.perf_counter()
         res = subprocess.run(["runc", "--root", state_dir, "run", "--bundle", str(bundle), cid],
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=False)
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, env=run_env, check=False)
         elapsed = (time.perf_counter() - start) * 1000
         if res.returncode != 0:
-            raise SystemExit(f"runc failed: {res.stderr}")
+            raise SystemExit(f"runc ({kind}) failed: {res.stderr}")
         return elapsed
     finally:
         subprocess.run(["runc", "--root", state_dir, "delete", "-f", cid], capture_output=True, check=False)
@@ -85,47 +101,53 @@ def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, hook: bool) ->
         safe_rmtree(bundle)
 
 
+KINDS = {"none": "no hook", "hook": "our hook (in-process)", "cli": "containerd oci-hook -> our CLI configure",
+         "exec-ldconfig": "our hook, exec'ing ldconfig"}
+
+
+def gpus(count: int) -> list[dict]:
+    return [{"index": i, "minor": i, "name": "NVIDIA A100-SXM4-80GB", "brand": "TESLA",
+             "uuid": f"GPU-{i:08x}-1111-2222-3333-444444444444", "bus": f"0000:{0x10 + i:02x}:00.0", "cc": "8.0"}
+            for i in range(count)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--rounds", type=int, default=15)
+    parser.add_argument("--gpus", default="1,8", help="comma-separated GPU counts to run")
     args = parser.parse_args()
     from fixtures.gpu_host import make_gpu_host
-    from fixtures.rootfs import busybox_rootfs
+    from fixtures.rootfs import busybox_rootfs, safe_rmtree
     from fixtures.tools import install_tools
 
     work = Path(tempfile.mkdtemp(prefix="nvc-bench-"))
+    os.environ.setdefault("NVC_CACHE_DIR", str(work / "nvml-cache"))
+    (work / "nvml-cache").mkdir(mode=0o700)
+    base = busybox_rootfs()
+    print(f"median of {args.rounds} alternating rounds, this machine ({os.cpu_count()} cpus)")
     try:
-        host = make_gpu_host(work / "host")
-        base = busybox_rootfs()
-        in_process = install_tools(work / "bin-inproc", host)
-        cli_path = work / "bin-exec" / "nvidia-container-cli"
-        exec_cli = install_tools(work / "bin-exec", host, f'path = "{cli_path}"\n')
-        variants = {"in-process hook": in_process, "hook exec'ing our CLI": exec_cli}
-        for env in variants.values():  # warm up caches (fixtures, page cache, pyc)
+        for count in (int(c) for c in args.gpus.split(",")):
+            host = make_gpu_host(work / f"host{count}", gpus=gpus(count), migs=())
+            env = install_tools(work / f"bin{count}", host)
+            env["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
+            for kind in KINDS:  # warm up: fixtures, page cache, pyc files, the NVML answer cache
+                runc_once(work, env, base, kind)
             hook_once(work, env, base)
-            runc_once(work, env, base, hook=True)
-        runc_once(work, in_process, base, hook=False)
-
-        hook_times: dict[str, list[float]] = {name: [] for name in variants}
-        runc_times: dict[str, list[float]] = {"no hook": [], **{name: [] for name in variants}}
-        for _ in range(args.rounds):  # alternate variants so drift hits all alike
-            runc_times["no hook"].append(runc_once(work, in_process, base, hook=False))
-            for name, env in variants.items():
-                hook_times[name].append(hook_once(work, env, base))
-                runc_times[name].append(runc_once(work, env, base, hook=True))
-        print(f"median of {args.rounds} alternating rounds, this machine ({os.cpu_count()} cpus)")
-        print("hook latency (state on stdin -> exit), fresh container each time:")
-        for name, samples in hook_times.items():
-            print(f"  {statistics.median(samples):7.1f} ms  {name}")
-        base_ms = statistics.median(runc_times["no hook"])
-        print("runc run /bin/true (busybox bundle):")
-        for name, samples in runc_times.items():
-            med = statistics.median(samples)
-            added = "" if name == "no hook" else f"   added {med - base_ms:6.1f} ms = {(med - base_ms) / base_ms:.2f}x"
-            print(f"  {med:7.1f} ms  {name}{added}")
+            hook_samples: list[float] = []
+            runc_samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
+            for _ in range(args.rounds):  # alternate so drift hits every variant alike
+                hook_samples.append(hook_once(work, env, base))
+                for kind in KINDS:
+                    runc_samples[kind].append(runc_once(work, env, base, kind))
+            print(f"{count} GPU(s) selected:")
+            print(f"  hook latency (state on stdin -> exit): {statistics.median(hook_samples):6.1f} ms")
+            base_ms = statistics.median(runc_samples["none"])
+            for kind, label in KINDS.items():
+                med = statistics.median(runc_samples[kind])
+                added = med - base_ms
+                ratio = "" if kind == "none" else f"   added {added:6.1f} ms, ratio {added / base_ms:.2f}"
+                print(f"  runc run /bin/true: {med:6.1f} ms  {label}{ratio}")
     finally:
-        from fixtures.rootfs import safe_rmtree
-
         safe_rmtree(work)
     return 0
 

@@ -72,4 +72,5 @@ def configure_container(
     from nvc.debuglog import DebugLog
     from nvc.executor import apply_plan
 
-    return apply_plan(plan, request.pid, log or DebugLog(opts.debug), write_ldcache=not request.exec_ldconfig)
+    exec_ldconfig = request.exec_ldconfig or os.environ.get("NVC_EXEC_LDCONFIG", "") not in ("", "0")
+    return apply_plan(plan, request.pid, log or DebugLog(opts.debug), write_ldcache=not exec_ldconfig)

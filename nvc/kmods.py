@@ -10,9 +10,7 @@ no ``nvidia`` entry, no node). Everything is looked up under the driver root, li
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
 
 from nvc import components as comp
 from nvc.debuglog import NULL_LOG, DebugLog
@@ -33,8 +31,12 @@ def _mknod(path: str, major: int, minor: int, log: DebugLog) -> None:
 
 def load_kernel_modules(driver_root: str, gpu_minors: list[int] | None = None, log: DebugLog = NULL_LOG) -> None:
     """Create the control nodes (and ``/dev/nvidiaN`` for ``gpu_minors``) that are missing."""
+    import shutil
+
     modprobe = shutil.which("nvidia-modprobe") if driver_root == "/" else None
     if modprobe:
+        import subprocess
+
         args = [modprobe, "-u", "-c=0"] + [f"-c={m}" for m in gpu_minors or ()]
         subprocess.run(args, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=30)

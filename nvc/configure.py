@@ -26,9 +26,12 @@ def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
     from nvc.container_layout import inspect_rootfs
     from nvc.inventory import build_inventory
     from nvc.plan import plan_configure
-    from nvc.requirements import check_requirements, parse_requirements
 
-    requirements = parse_requirements(request.requirements)
+    requirements = None
+    if request.requirements:  # most containers have none: keep the expression parser off the hot path
+        from nvc.requirements import parse_requirements
+
+        requirements = parse_requirements(request.requirements)
     if request.gvisor:
         from nvc.gvisor import check_capabilities
 
@@ -43,7 +46,10 @@ def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
         from nvc.gvisor import check_minors
 
         check_minors([gpu.minor for gpu in selection.gpus])
-    check_requirements(requirements, driver, selection.gpus)
+    if requirements is not None:
+        from nvc.requirements import check_requirements
+
+        check_requirements(requirements, driver, selection.gpus)
     mig_config = mig_option_enabled(request.mig_config, selection.gpus)
     mig_monitor = mig_option_enabled(request.mig_monitor, selection.gpus)
     layout = inspect_rootfs(request.rootfs)

@@ -7,7 +7,6 @@ NVIDIA's rule: an image with ``/etc/debian_version`` uses the multiarch director
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 
 from nvc.rootpath import host_path, resolve_in_root
@@ -23,7 +22,7 @@ _MULTIARCH = {
 
 def library_dirs(rootfs: str | None, machine: str | None = None) -> tuple[str, str | None]:
     """(64-bit library dir, 32-bit library dir or None) for a container rootfs (None: a generic non-Debian one)."""
-    triplets = _MULTIARCH.get(machine or platform.machine(), ("x86_64-linux-gnu", "i386-linux-gnu"))
+    triplets = _MULTIARCH.get(machine or os.uname().machine, ("x86_64-linux-gnu", "i386-linux-gnu"))
     if rootfs is not None and os.path.exists(host_path(rootfs, resolve_in_root(rootfs, "/etc/debian_version"))):
         lib32 = f"/usr/lib/{triplets[1]}" if triplets[1] else None
         return f"/usr/lib/{triplets[0]}", lib32

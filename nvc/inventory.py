@@ -41,9 +41,13 @@ def query_nvml(
     load_kmods: bool = False,
 ) -> DriverInfo:
     """Driver version and GPUs from the root's own libnvidia-ml (raises ``initialization`` errors)."""
-    from nvc.ldcache import host_arch_classes
-    from nvc.nvml import query_driver
+    from nvc.ldcache.format import host_arch_classes
     from nvc.nvml.cache import cached_query
+
+    def query_driver(*args, **kwargs):
+        from nvc.nvml.query import query_driver as query
+
+        return query(*args, **kwargs)
 
     if cache is None:
         cache = load_ldcache(driver_root, ldcache)

@@ -198,9 +198,13 @@ def load_config(
     required = True
     if not path:
         path, required = config_file_path(environ)
+    cached = _cached_config(path, path_exists)
+    if cached is not None:
+        return cached
     try:
         with open(path, "rb") as handle:
             data = handle.read()
+            identity = _file_identity(os.fstat(handle.fileno()))
     except FileNotFoundError:
         if required:
             raise NvcError("input", f"{path}: couldn't open required configuration file: no such file") from None
@@ -211,12 +215,19 @@ def load_config(
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise NvcError("input", f"{path}: invalid TOML: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    return parse_config(text, path, path_exists=path_exists)
+    raw = _parse_raw(text, path)
+    _store_config(path, identity, raw)
+    return _normalize(raw, path_exists)
 
 
 def parse_config(text: str, source: str = "config.toml", *, path_exists: PathExists = os.path.exists) -> RuntimeConfig:
     """Turn config.toml text into a :class:`RuntimeConfig`; ``source`` names the file in error messages."""
-    import tomllib  # only the hook reads TOML; keep it off the CLI's import path
+    return _normalize(_parse_raw(text, source), path_exists)
+
+
+def _parse_raw(text: str, source: str) -> RuntimeConfig:
+    """The validated config, ``cli.ldconfig`` as written (normalising it probes the host: :func:`_normalize`)."""
+    import tomllib  # only the hook reads TOML, and only when config.toml is not in the cache
 
     try:
         document = tomllib.loads(text)
@@ -224,10 +235,128 @@ def parse_config(text: str, source: str = "config.toml", *, path_exists: PathExi
         raise NvcError("input", f"{source}: invalid TOML: {exc}") from None
     try:
         config = _build(RuntimeConfig, document, "")
-        config = _finish(config, document, path_exists)
+        config = _finish(config, document)
     except _ConfigValueError as exc:
         raise NvcError("input", f"{source}: {exc}") from None
     return replace(config, source=source)
+
+
+def _normalize(config: RuntimeConfig, path_exists: PathExists) -> RuntimeConfig:
+    return replace(config, cli=replace(config.cli, ldconfig=normalize_ldconfig_path(config.cli.ldconfig, path_exists)))
+
+
+# --- the parsed-config cache -----------------------------------------------------------------------------------
+# config.toml changes rarely and every container start reads it: the parsed value (before the host-dependent
+# ldconfig normalisation, redone on every load) is kept in the NVML answer cache's directory, under the same rules
+# (nvc.nvml.cache: a 0700 root-owned directory, 0600 files of ours, never followed through a symlink), keyed by the
+# file's path and identity (device, inode, size, mtime, ctime). Any cache problem just means parsing the file.
+
+_CACHE_FORMAT = 1
+
+
+def _file_identity(st: os.stat_result) -> list[int] | None:
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _config_key(path: str, identity: list[int]) -> dict[str, Any]:
+    return {"kind": "runtime-config", "format": _CACHE_FORMAT, "path": os.path.abspath(path), "file_id": identity}
+
+
+def _cached_config(path: str, path_exists: PathExists) -> RuntimeConfig | None:
+    from nvc.nvml import cache as store
+
+    if store.caching_disabled():
+        return None
+    try:
+        identity = _file_identity(os.stat(path))
+    except OSError:
+        return None  # the normal path reports it
+    if identity is None:
+        return None
+    dir_fd = None
+    try:
+        dir_fd = store.open_cache_dir(store.cache_dir_path())
+        if dir_fd is None:
+            return None
+        key = _config_key(path, identity)
+        entry = store.read_json_entry(dir_fd, store.entry_name(key))
+        if entry is None or entry.get("key") != key:
+            return None
+        config = config_from_dict(entry.get("config"))
+    except Exception:  # a corrupt or surprising entry costs a parse, never the hook
+        return None
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    return _normalize(replace(config, source=path), path_exists)
+
+
+def _store_config(path: str, identity: list[int] | None, config: RuntimeConfig) -> None:
+    import contextlib
+    import json
+
+    from nvc.nvml import cache as store
+
+    if identity is None or store.caching_disabled():
+        return
+    with contextlib.suppress(Exception):
+        dir_fd = store.open_cache_dir(store.cache_dir_path())
+        if dir_fd is None:
+            return
+        try:
+            key = _config_key(path, identity)
+            data = json.dumps({"key": key, "config": config_to_dict(config)}, sort_keys=True).encode()
+            store.write_private_file(dir_fd, store.entry_name(key), data)
+        finally:
+            os.close(dir_fd)
+
+
+def config_to_dict(value: Any) -> Any:
+    """A config dataclass as JSON-able values (tuples and sets become lists, capabilities their names)."""
+    if is_dataclass(value):
+        return {item.name: config_to_dict(getattr(value, item.name)) for item in fields(value)}
+    if isinstance(value, frozenset):
+        return sorted(capability.value for capability in value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def config_from_dict(data: Any, cls: type = RuntimeConfig) -> Any:
+    """The inverse of :func:`config_to_dict`; every field must be present with its default's type (ValueError)."""
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    defaults = cls()
+    names = [item.name for item in fields(cls)]
+    if set(data) != set(names):
+        raise ValueError(f"{cls.__name__}: fields differ")
+    values: dict[str, Any] = {}
+    for name in names:
+        default = getattr(defaults, name)
+        value = data[name]
+        if is_dataclass(default):
+            values[name] = config_from_dict(value, type(default))
+        elif isinstance(default, frozenset):
+            if not isinstance(value, list):
+                raise ValueError(name)
+            values[name] = frozenset(Capability(item) for item in value)
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ValueError(name)
+            values[name] = tuple(value)
+        elif default is None:  # source
+            if value is not None and not isinstance(value, str):
+                raise ValueError(name)
+            values[name] = value
+        else:
+            if type(value) is not type(default):
+                raise ValueError(name)
+            values[name] = value
+    return cls(**values)
 
 
 def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
@@ -263,9 +392,9 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
     return cls(**values)
 
 
-def _finish(config: RuntimeConfig, document: Mapping[str, Any], path_exists: PathExists) -> RuntimeConfig:
+def _finish(config: RuntimeConfig, document: Mapping[str, Any]) -> RuntimeConfig:
     """Apply the value rules NVIDIA applies after unmarshalling: swarm names split, capabilities validated, ldconfig
-    checked for host-relativeness and normalised, cuda-compat-mode checked."""
+    checked for host-relativeness (normalised later, :func:`_normalize`), cuda-compat-mode checked."""
     swarm = document.get("swarm-resource", "")
     supported = _supported_capabilities(document.get("supported-driver-capabilities"))
 
@@ -275,8 +404,6 @@ def _finish(config: RuntimeConfig, document: Mapping[str, Any], path_exists: Pat
             f"nvidia-container-cli.ldconfig value \"{ldconfig}\" is not host-relative (does not start with a '@'); "
             "set [features] allow-ldconfig-from-container = true to run an ldconfig from the container"
         )
-    cli = replace(config.cli, ldconfig=normalize_ldconfig_path(ldconfig, path_exists))
-
     compat_mode = config.runtime.modes.legacy.cuda_compat_mode
     if compat_mode not in CUDA_COMPAT_MODES:
         raise _ConfigValueError(
@@ -287,7 +414,6 @@ def _finish(config: RuntimeConfig, document: Mapping[str, Any], path_exists: Pat
         config,
         swarm_resource=_swarm_names(swarm) if isinstance(swarm, str) else (),
         supported_driver_capabilities=supported,
-        cli=cli,
     )
 
 

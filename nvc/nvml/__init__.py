@@ -6,6 +6,18 @@ never loads pynvml or any driver library.
 
 from __future__ import annotations
 
-from nvc.nvml.query import BRAND_NAMES, DEFAULT_TIMEOUT, NOBODY, format_cuda_version, query_driver
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nvc.nvml.query import BRAND_NAMES, DEFAULT_TIMEOUT, NOBODY, format_cuda_version, query_driver
 
 __all__ = ["BRAND_NAMES", "DEFAULT_TIMEOUT", "NOBODY", "format_cuda_version", "query_driver"]
+
+
+def __getattr__(name: str):
+    # Lazy: the hot path imports nvc.nvml.cache only; the helper's modules load when NVML is really asked.
+    if name in __all__:
+        from nvc.nvml import query
+
+        return getattr(query, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

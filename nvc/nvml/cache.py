@@ -59,6 +59,25 @@ MAX_CAP_NAMES = 8192  # a capabilities tree larger than this is not cached
 STALE_TMP_SECONDS = 60.0  # a temporary file older than this was left by a crashed writer
 
 _PROC = "/proc/driver/nvidia"
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 hex digest without importing :mod:`hashlib` (3 ms of OpenSSL set-up on the hot path)."""
+    try:
+        from _sha256 import sha256  # CPython's builtin implementation: no OpenSSL to load
+    except ImportError:  # pragma: no cover - a Python built without it
+        from hashlib import sha256
+    return sha256(data).hexdigest()
+
+
+def caching_disabled(environ=None) -> bool:
+    """``$NVC_NO_CACHE`` set to anything but empty or ``0``."""
+    return (os.environ if environ is None else environ).get(NO_CACHE_ENV, "") not in ("", "0")
+
+
+def cache_dir_path(default: str = DEFAULT_CACHE_DIR) -> str:
+    """The cache directory: ``$NVC_CACHE_DIR`` or ``default``."""
+    return os.environ.get(CACHE_DIR_ENV) or default
 _ENTRY_SUFFIX = ".json"
 _HEX = frozenset("0123456789abcdef")
 
@@ -77,11 +96,11 @@ def cached_query(
     ``(uid, gid)`` the query runs as (part of the key: NVML may see fewer GPUs as another user). Errors from
     ``query`` propagate and are never cached; errors of the cache itself only cost a call to ``query``.
     """
-    if os.environ.get(NO_CACHE_ENV, "") not in ("", "0"):
+    if caching_disabled():
         return query()
     try:
         state = _snapshot(library_path, driver_root, user)
-        dir_fd = _open_cache_dir(os.environ.get(CACHE_DIR_ENV) or cache_dir) if state is not None else None
+        dir_fd = open_cache_dir(cache_dir_path(cache_dir)) if state is not None else None
     except Exception:  # a bug or a surprise in the cache must not cost the answer
         state, dir_fd = None, None
     if state is None or dir_fd is None:
@@ -107,13 +126,17 @@ class _State:
     __slots__ = ("gpus", "key", "mig_caps", "name")
 
     def __init__(self, key: dict[str, Any], gpus: dict[str, str], mig_caps: str) -> None:
-        import hashlib
-        import json
-
         self.key = key
         self.gpus = gpus
         self.mig_caps = mig_caps
-        self.name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest() + _ENTRY_SUFFIX
+        self.name = entry_name(key)
+
+
+def entry_name(key: dict[str, Any]) -> str:
+    """The file name of the entry for ``key``: the SHA-256 of its canonical JSON, ``.json``."""
+    import json
+
+    return sha256_hex(json.dumps(key, sort_keys=True).encode()) + _ENTRY_SUFFIX
 
 
 def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None) -> _State | None:
@@ -150,8 +173,6 @@ def _read_small(path: str) -> bytes:
 
 def _proc_gpus(root: str) -> dict[str, str] | None:
     """``{bus id directory: sha256 of its information file}`` for ``<root>/proc/driver/nvidia/gpus``."""
-    import hashlib
-
     gpus_dir = host_path(root, _PROC + "/gpus")
     try:
         names = os.listdir(gpus_dir)
@@ -165,14 +186,12 @@ def _proc_gpus(root: str) -> dict[str, str] | None:
             data = _read_small(os.path.join(gpus_dir, name, "information"))
         except OSError:
             return None
-        digests[name] = hashlib.sha256(data).hexdigest()
+        digests[name] = sha256_hex(data)
     return digests
 
 
 def _capability_names_digest(root: str) -> str | None:
     """SHA-256 of the sorted names under ``<root>/proc/driver/nvidia/capabilities`` (MIG instances live there)."""
-    import hashlib
-
     base = host_path(root, _PROC + "/capabilities")
     names: list[str] = []
     pending = [""]
@@ -193,10 +212,10 @@ def _capability_names_digest(root: str) -> str | None:
         if len(names) > MAX_CAP_NAMES:
             return None
     names.sort()
-    return hashlib.sha256("\n".join(names).encode(errors="surrogateescape")).hexdigest()
+    return sha256_hex("\n".join(names).encode(errors="surrogateescape"))
 
 
-def _open_cache_dir(path: str) -> int | None:
+def open_cache_dir(path: str) -> int | None:
     """A descriptor of the cache directory (created 0700 if missing), or ``None`` when it is not safe to use."""
     if not os.path.isabs(path):
         return None
@@ -222,12 +241,32 @@ def _open_cache_dir(path: str) -> int | None:
 
 def _load(dir_fd: int, state: _State) -> DriverInfo | None:
     """The cached answer if the entry is ours, well-formed and still matches ``state``."""
-    import json
-
     from nvc.driver_info import DriverInfo
 
+    entry = read_json_entry(dir_fd, state.name)
+    if (
+        entry is None
+        or entry.get("format") != FORMAT
+        or entry.get("key") != state.key
+        or entry.get("gpus") != state.gpus
+        or entry.get("mig_caps") != state.mig_caps
+        or not isinstance(entry.get("info"), dict)
+    ):
+        return None
     try:
-        fd = os.open(state.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        info = DriverInfo.from_dict(entry["info"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if {proc_bus_id(gpu.bus_id) for gpu in info.gpus} != set(state.gpus):
+        return None
+    return info
+
+
+def read_private_file(dir_fd: int, name: str) -> bytes | None:
+    """The content of ``name`` in the cache directory, if it is a regular file of ours, mode 0600 or stricter,
+    not larger than :data:`MAX_ENTRY_BYTES` and not a symlink; ``None`` otherwise (missing included)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:  # missing, or a symlink (ELOOP)
         return None
     try:
@@ -248,26 +287,43 @@ def _load(dir_fd: int, state: _State) -> DriverInfo | None:
             chunks.append(chunk)
     finally:
         os.close(fd)
+    return b"".join(chunks)
+
+
+def read_json_entry(dir_fd: int, name: str) -> dict[str, Any] | None:
+    """:func:`read_private_file` decoded as a JSON object; ``None`` when unsafe, missing or not an object."""
+    import json
+
+    data = read_private_file(dir_fd, name)
+    if data is None:
+        return None
     try:
-        entry = json.loads(b"".join(chunks))
+        entry = json.loads(data)
     except ValueError:
         return None
-    if (
-        not isinstance(entry, dict)
-        or entry.get("format") != FORMAT
-        or entry.get("key") != state.key
-        or entry.get("gpus") != state.gpus
-        or entry.get("mig_caps") != state.mig_caps
-        or not isinstance(entry.get("info"), dict)
-    ):
-        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def write_private_file(dir_fd: int, name: str, data: bytes) -> None:
+    """Write ``name`` atomically: a private (0600) temporary file in the same directory, renamed over the name,
+    then prune the directory (:func:`_prune`). Raises on failure (callers suppress)."""
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
-        info = DriverInfo.from_dict(entry["info"])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-    if {proc_bus_id(gpu.bus_id) for gpu in info.gpus} != set(state.gpus):
-        return None
-    return info
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        # rename replaces whatever has the name (a symlink included) and never writes through it.
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    _prune(dir_fd, keep=name)
 
 
 def _store(dir_fd: int, state: _State, info: DriverInfo) -> None:
@@ -280,23 +336,7 @@ def _store(dir_fd: int, state: _State, info: DriverInfo) -> None:
         {"format": FORMAT, "key": state.key, "gpus": state.gpus, "mig_caps": state.mig_caps, "info": info.to_dict()},
         sort_keys=True,
     ).encode()
-    tmp = f".{state.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        # rename replaces whatever has the name (a symlink included) and never writes through it.
-        os.rename(tmp, state.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    _prune(dir_fd, keep=state.name)
+    write_private_file(dir_fd, state.name, data)
 
 
 def _is_entry_name(name: str) -> bool:

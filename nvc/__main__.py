@@ -2,6 +2,6 @@
 
 import sys
 
-from nvc.cli import main
+from nvc.argv import main
 
 sys.exit(main())

@@ -7,62 +7,65 @@ argp parser. Every failure becomes one line ``PROG: <stage> error: <message>`` a
 from __future__ import annotations
 
 import os
-import platform
 import sys
 
 import click
 
-from nvc import CLI_COMPAT_VERSION, __version__
-from nvc.components import Capability
-from nvc.device_select import split_device_list
+from nvc import argv as grammar
+from nvc.argv import prog_name as _prog_name
 from nvc.errors import NvcError
-from nvc.options import GlobalOptions, parse_user
-
-
-def _prog_name() -> str:
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "nvc"
-    return "nvidia-container-cli" if name == "nvidia-container-cli" else "nvc"
+from nvc.options import GlobalOptions
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    # gVisor's runsc parses the first line to decide which flags it may pass: keep "cli-version: X.Y.Z" first.
-    click.echo(f"cli-version: {CLI_COMPAT_VERSION}")
-    click.echo(f"lib-version: {CLI_COMPAT_VERSION}")
-    click.echo(f"build revision: nvc {__version__}")
-    click.echo(f"build compiler: {platform.python_implementation()} {platform.python_version()}")
-    click.echo(f"build platform: {platform.machine()}")
+    click.echo(grammar.version_text(), nl=False)
     ctx.exit(0)
 
 
+def _click_option(opt: grammar.Opt):
+    """One click option from the grammar's data (nvc.argv): the same names, parameter, kind, default and help."""
+    kwargs: dict = {"help": opt.help}
+    if opt.metavar:
+        kwargs["metavar"] = opt.metavar
+    if opt.kind == grammar.FLAG:
+        kwargs["is_flag"] = True
+    elif opt.kind == grammar.MULTI:
+        kwargs["multiple"] = True
+    elif opt.kind == grammar.OPTIONAL:
+        kwargs.update(is_flag=False, flag_value="", default=None)
+    elif opt.kind == grammar.CHOICE:
+        kwargs["type"] = click.Choice(list(opt.choices or ()))
+    elif opt.kind == grammar.VERSION:
+        return click.option(*opt.names, is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+                            help=opt.help)
+    if opt.convert is int:
+        kwargs["type"] = int
+    if opt.default is not None:
+        kwargs.update(default=opt.default, show_default=opt.show_default)
+    if opt.envvar:
+        kwargs["envvar"] = opt.envvar
+    return click.option(*opt.names, opt.dest, **kwargs)
+
+
+def _options(table: tuple[grammar.Opt, ...]):
+    """Decorate a command with a grammar table's options, in the table's order (``--help`` lists them so)."""
+
+    def decorate(func):
+        for opt in reversed(table):
+            func = _click_option(opt)(func)
+        return func
+
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-d", "--debug", metavar="FILE", help="Log debug information to FILE (appended).")
-@click.option("-k", "--load-kmods", is_flag=True, help="Load kernel modules / create missing device nodes.")
-@click.option("-n", "--no-pivot", is_flag=True, help="Do not use pivot_root (accepted for compatibility).")
-@click.option("-u", "--user", metavar="UID[:GID]", is_flag=False, flag_value="", default=None,
-              help="Run driver helpers as this user (default: unprivileged nobody for NVML).")
-@click.option("-r", "--root", default="/", show_default=True, metavar="PATH", envvar="NVC_DRIVER_ROOT",
-              help="Path to the driver root (also $NVC_DRIVER_ROOT, for callers like runsc that never pass it).")
-@click.option("-l", "--ldcache", default="/etc/ld.so.cache", show_default=True, metavar="FILE",
-              help="ld.so.cache inside the driver root.")
-@click.option("--no-create-imex-channels", is_flag=True, help="Do not create IMEX channel device nodes.")
-@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
-              help="Print version information and exit.")
+@_options(grammar.GLOBAL_OPTIONS)
 @click.pass_context
-def cli(ctx: click.Context, debug, load_kmods, no_pivot, user, root, ldcache, no_create_imex_channels) -> None:
+def cli(ctx: click.Context, **values) -> None:
     """NVIDIA container command line (nvc): inspect the driver and give containers the GPU."""
-    if not root.startswith("/"):
-        raise NvcError("input", f"invalid driver root: {root}")
-    ctx.obj = GlobalOptions(
-        debug=debug,
-        load_kmods=load_kmods,
-        no_pivot=no_pivot,
-        user=parse_user(user),
-        root=os.path.normpath(root),
-        ldcache=ldcache,
-        no_create_imex_channels=no_create_imex_channels,
-    )
+    ctx.obj = grammar.global_options(**values)
 
 
 def _write(text: str) -> None:
@@ -71,8 +74,7 @@ def _write(text: str) -> None:
 
 
 @cli.command()
-@click.option("--csv", "as_csv", is_flag=True, help="Print in CSV format.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_options(grammar.INFO_OPTIONS)
 @click.pass_obj
 def info(opts: GlobalOptions, as_csv: bool, as_json: bool) -> None:
     """Report information about the driver and devices."""
@@ -89,20 +91,7 @@ def info(opts: GlobalOptions, as_csv: bool, as_json: bool) -> None:
 
 
 @cli.command(name="list")
-@click.option("-d", "--device", "devices", multiple=True, metavar="ID", help="Device UUID(s) or index(es) to list.")
-@click.option("-l", "--libraries", is_flag=True, help="List driver libraries.")
-@click.option("-b", "--binaries", is_flag=True, help="List driver binaries.")
-@click.option("-i", "--ipcs", is_flag=True, help="List driver IPCs.")
-@click.option("-f", "--firmwares", is_flag=True, help="List driver firmwares.")
-@click.option("--compat32", is_flag=True, help="Also list 32-bit libraries.")
-@click.option("--mig-config", multiple=True, metavar="ID", help="MIG devices to list config capabilities of.")
-@click.option("--mig-monitor", multiple=True, metavar="ID", help="MIG devices to list monitor capabilities of.")
-@click.option("--imex-channel", "imex_channels", multiple=True, metavar="ID", help="IMEX channel(s) to list.")
-@click.option("--no-persistenced", is_flag=True, help="Do not list the persistenced socket.")
-@click.option("--no-fabricmanager", is_flag=True, help="Do not list the fabricmanager socket.")
-@click.option("--no-gsp-firmware", is_flag=True, help="Do not list GSP firmware.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per item (nvc extension).")
-@click.option("--rootfs", metavar="DIR", help="Container rootfs whose layout decides library targets (JSON).")
+@_options(grammar.LIST_OPTIONS)
 @click.pass_obj
 def list_(opts: GlobalOptions, as_json: bool, **options) -> None:
     """List driver components (device nodes, binaries, libraries, IPCs, firmware)."""
@@ -121,93 +110,17 @@ def list_(opts: GlobalOptions, as_json: bool, **options) -> None:
     _write(format_json([item.to_json() for item in items]) if as_json else format_list_text(items))
 
 
-_CAPABILITY_FLAGS = (
-    ("-c", "--compute", "compute"),
-    ("-u", "--utility", "utility"),
-    ("-v", "--video", "video"),
-    ("-g", "--graphics", "graphics"),
-    ("-D", "--display", "display"),
-    ("-n", "--ngx", "ngx"),
-    (None, "--compat32", "compat32"),
-)
-
-
-def _capability_options(func):
-    for short, long, cap in reversed(_CAPABILITY_FLAGS):
-        decls = [d for d in (short, long) if d]
-        func = click.option(*decls, cap, is_flag=True, help=f"Enable {cap} capability.")(func)
-    return func
-
-
-_REQUEST_OPTIONS = (
-    click.option("-d", "--device", "devices", multiple=True, metavar="ID", help="Device UUID(s) or index(es)."),
-    click.option("-r", "--require", "requirements", multiple=True, metavar="EXPR", help="Container requirement."),
-    click.option("-l", "--ldconfig", metavar="PATH", help="Path to the ldconfig binary (@ prefix: a host binary)."),
-    _capability_options,
-    click.option("--mig-config", multiple=True, metavar="ID", help="Enable MIG configuration of these devices."),
-    click.option("--mig-monitor", multiple=True, metavar="ID", help="Enable MIG monitoring of these devices."),
-    click.option("--imex-channel", "imex_channels", multiple=True, metavar="ID", help="IMEX channel(s) to expose."),
-    click.option("--no-cgroups", is_flag=True, help="Don't set up device cgroups."),
-    click.option("--no-devbind", is_flag=True, help="Don't bind mount device nodes."),
-    click.option("--no-persistenced", is_flag=True, help="Don't include the persistenced socket."),
-    click.option("--no-fabricmanager", is_flag=True, help="Don't include the fabricmanager socket."),
-    click.option("--no-gsp-firmware", is_flag=True, help="Don't include GSP firmware."),
-    click.option("--no-cntlibs", is_flag=True, help="Don't overwrite host mounts with container libraries."),
-    click.option("--cuda-compat-mode", type=click.Choice(["mount", "ldconfig", "disabled"]), default="mount",
-                 show_default=True, help="How CUDA forward-compat libraries in the image are used."),
-    click.option("--exec-ldconfig", is_flag=True,
-                 help="Run ldconfig in the container instead of writing its ld.so.cache in-process (nvc extension)."),
-    click.option("--gvisor", is_flag=True, help="gVisor nvproxy context (automatic when --pid is runsc's gofer)."),
-)
-
-
-def _request_options(func):
-    """The options of a container request, shared by configure and oci-edits (one definition of the grammar)."""
-    for decorator in reversed(_REQUEST_OPTIONS):
-        func = decorator(func)
-    return func
-
-
-def _request(rootfs: str | None, options: dict, pid: int | None = None):
-    from nvc.request import ConfigureRequest
-
-    if not rootfs or not rootfs.startswith("/") or os.path.normpath(rootfs) == "/":
-        raise NvcError("input", "invalid rootfs directory")
-    caps = frozenset(Capability(cap) for _, _, cap in _CAPABILITY_FLAGS if options.pop(cap))
-    gvisor = options.pop("gvisor")
-    return ConfigureRequest(
-        rootfs=os.path.normpath(rootfs),
-        pid=pid,
-        devices=tuple(split_device_list(options.pop("devices"))),
-        capabilities=caps,
-        mig_config=tuple(options.pop("mig_config")),
-        mig_monitor=tuple(options.pop("mig_monitor")),
-        imex_channels=tuple(options.pop("imex_channels")),
-        requirements=tuple(options.pop("requirements")),
-        gvisor=gvisor,
-        no_cgroups=options.pop("no_cgroups") or gvisor,
-        **options,
-    )
-
-
 @cli.command()
-@click.option("-p", "--pid", type=int, metavar="PID", help="Container PID (default: the caller's namespaces).")
-@_request_options
-@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing (nvc extension).")
+@_options(grammar.CONFIGURE_OPTIONS)
 @click.argument("rootfs", required=False)
 @click.pass_obj
 def configure(opts: GlobalOptions, rootfs: str | None, pid: int | None, dry_run: bool, **options) -> None:
     """Configure a container with GPU support by exposing device drivers to it."""
-    from nvc.configure import configure_container
-
-    for line in configure_container(opts, _request(rootfs, options, pid), dry_run=dry_run):
-        click.echo(line)
+    grammar.run_configure(opts, grammar.configure_request(rootfs, options, pid), dry_run)
 
 
 @cli.command(name="oci-edits")
-@_request_options
-@click.option("--ldcache-out", metavar="FILE",
-              help="Write the container's merged ld.so.cache here (the edits mount it over /etc/ld.so.cache).")
+@_options(grammar.OCI_EDITS_OPTIONS)
 @click.argument("rootfs", required=False)
 @click.pass_obj
 def oci_edits(opts: GlobalOptions, rootfs: str | None, ldcache_out: str | None, **options) -> None:
@@ -215,7 +128,7 @@ def oci_edits(opts: GlobalOptions, rootfs: str | None, ldcache_out: str | None, 
     without hook support such as gVisor's runsc (nvc extension)."""
     from nvc.oci_edits import oci_edits_command
 
-    text, notes = oci_edits_command(opts, _request(rootfs, options), ldcache_out)
+    text, notes = oci_edits_command(opts, grammar.configure_request(rootfs, options), ldcache_out)
     for note in notes:
         click.echo(f"{_prog_name()}: note: {note}", err=True)
     _write(text)
@@ -334,7 +247,13 @@ def doctor(as_json: bool, host_root: str, runtime_path: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of both console scripts: run the command, turn every failure into one line and exit 1."""
+    """Entry point of both console scripts: the click-free fast path (nvc.argv) for configure and --version,
+    click for everything else."""
+    return grammar.main(argv)
+
+
+def click_main(argv: list[str] | None = None) -> int:
+    """Run the command line through click: turn every failure into one line and exit 1."""
     prog = _prog_name()
     try:
         result = cli.main(args=argv, prog_name=prog, standalone_mode=False)

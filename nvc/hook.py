@@ -140,16 +140,15 @@ def safe_environment(environ) -> dict[str, str]:
 
 
 def run_hook(argv: list[str], stdin, environ) -> int:
-    from nvc.container_env import gpu_request_from_spec
-    from nvc.container_request import configure_request_from_gpu, global_options_from_config
-    from nvc.debuglog import DebugLog
-    from nvc.runtime_config import load_config
-
     config_path, debug, stage = parse_args(argv)
     if stage in NOOP_STAGES:
         return 0
     if stage not in INJECT_STAGES:
         raise HookUsageError(f"unknown stage: {stage}" if stage else "missing stage")
+    from nvc.container_env import gpu_request_from_spec
+    from nvc.container_request import configure_request_from_gpu, global_options_from_config
+    from nvc.debuglog import DebugLog
+    from nvc.runtime_config import load_config
     config = load_config(config_path, environ)
     log_path = config.cli.debug or None
     log = DebugLog(log_path, stream=sys.stderr if debug else None)

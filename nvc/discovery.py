@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from nvc import components as comp
 from nvc.components import Capability
-from nvc.elf import depends_on, has_linux_abi, matches_cache_class, read_identity
 from nvc.errors import NvcError
 from nvc.rootpath import RootPathError, exists_in_root, host_path, resolve_in_root
 
@@ -102,6 +101,8 @@ def version_from_library_name(path: str) -> str | None:
 
 def _accept_library(name: str, candidate_host: str, previous: str | None, version: str, arch_class: int) -> bool:
     """NVIDIA's selection rule for one cache candidate, plus a refusal of files of the wrong ELF class."""
+    from nvc.elf import depends_on, has_linux_abi, matches_cache_class, read_identity
+
     if not os.path.basename(candidate_host).endswith(version):
         return False
     if not matches_cache_class(read_identity(candidate_host), arch_class):
@@ -145,6 +146,19 @@ def find_libraries(
         for name, cap in names
         if name in chosen
     )
+
+
+def cache_lookup_paths(cache, arch_classes: tuple[int, int | None]) -> set[str]:
+    """In-root paths (unresolved) of the cache entries discovery looks at: the sonames' symlinks."""
+    names = (*(name for _cap, names in comp.LIBRARIES_BY_CAPABILITY for name in names), NVML_SONAME)
+    paths: set[str] = set()
+    for arch_class in arch_classes:
+        if arch_class is None:
+            continue
+        for entry in _arch_entries(cache, arch_class):
+            if entry.key.startswith(names):
+                paths.add(entry.value)
+    return paths
 
 
 def find_binaries(driver_root: str, search_path: str | None = None) -> tuple[DriverFile, ...]:

@@ -39,9 +39,13 @@ def query_nvml(
     user: tuple[int, int] | None = None,
     cache=None,
     load_kmods: bool = False,
+    *,
+    library: str | None = None,
 ) -> DriverInfo:
-    """Driver version and GPUs from the root's own libnvidia-ml (raises ``initialization`` errors)."""
-    from nvc.ldcache.format import host_arch_classes
+    """Driver version and GPUs from the root's own libnvidia-ml (raises ``initialization`` errors).
+
+    ``library``: the in-root path of ``libnvidia-ml.so.1`` when already known (else looked up in the ld.so.cache).
+    """
     from nvc.nvml.cache import cached_query
 
     def query_driver(*args, **kwargs):
@@ -49,9 +53,13 @@ def query_nvml(
 
         return query(*args, **kwargs)
 
-    if cache is None:
-        cache = load_ldcache(driver_root, ldcache)
-    library = host_path(driver_root, find_nvml_library(cache, driver_root, host_arch_classes()[0]))
+    if library is None:
+        from nvc.ldcache.format import host_arch_classes
+
+        if cache is None:
+            cache = load_ldcache(driver_root, ldcache)
+        library = find_nvml_library(cache, driver_root, host_arch_classes()[0])
+    library = host_path(driver_root, library)
     if load_kmods:
         from nvc.kmods import load_kernel_modules
 
@@ -84,6 +92,14 @@ def fallback_driver_version(driver_root: str, cache) -> str | None:
         return None
 
 
+def _proc_driver_version(driver_root: str) -> str | None:
+    try:
+        with open(host_path(driver_root, comp.PROC_DRIVER + "/version"), encoding="utf-8", errors="replace") as f:
+            return parse_nvrm_version(f.read()) or None
+    except OSError:
+        return None
+
+
 def build_inventory(
     driver_root: str = "/",
     ldcache: str = DEFAULT_LDCACHE,
@@ -92,22 +108,59 @@ def build_inventory(
     environ: dict[str, str] | None = None,
     load_kmods: bool = False,
 ) -> Inventory:
-    """Everything the host offers. NVML failures raise unless ``allow_no_nvml`` (then ``driver_info`` is None)."""
-    from nvc.ldcache import host_arch_classes
+    """Everything the host offers. NVML failures raise unless ``allow_no_nvml`` (then ``driver_info`` is None).
 
-    cache = load_ldcache(driver_root, ldcache)
+    The file discovery (and the NVML library's lookup) is cached by :mod:`nvc.inventory_cache`: while its entry
+    holds, the ld.so.cache is neither read nor parsed.
+    """
+    from nvc.inventory_cache import InventoryCache
+
+    store = InventoryCache.open(driver_root, ldcache, environ)
+    try:
+        return _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store) -> Inventory:
+    cache = None
+    library = store.nvml_library() if store is not None else None
+    library_error: NvcError | None = None
+    if library is None:
+        from nvc.ldcache import host_arch_classes
+
+        cache = load_ldcache(driver_root, ldcache)
+        try:
+            library = find_nvml_library(cache, driver_root, host_arch_classes()[0])
+        except NvcError as exc:
+            library_error = exc
     info: DriverInfo | None = None
     nvml_error: NvcError | None = None
     try:
-        info = query_nvml(driver_root, ldcache, user, cache=cache, load_kmods=load_kmods)
+        if library_error is not None:
+            raise library_error
+        info = query_nvml(driver_root, ldcache, user, load_kmods=load_kmods, library=library)
         version = info.driver_version
     except NvcError as exc:
         if not allow_no_nvml or exc.stage != "initialization":
             raise
         nvml_error = exc
-        fallback = fallback_driver_version(driver_root, cache)
+        fallback = _proc_driver_version(driver_root) or (
+            version_from_library_name(library) if library is not None else None
+        )
         if fallback is None:
             raise
         version = fallback
-    files = discover_files(driver_root, cache, version, host_arch_classes(), environ)
+    files = store.files(version) if store is not None else None
+    if files is None:
+        from nvc.discovery import cache_lookup_paths
+        from nvc.ldcache import host_arch_classes
+
+        if cache is None:
+            cache = load_ldcache(driver_root, ldcache)
+        arch_classes = host_arch_classes()
+        files = discover_files(driver_root, cache, version, arch_classes, environ)
+        if store is not None and library is not None:
+            store.store(library, files, cache_lookup_paths(cache, arch_classes))
     return Inventory(driver_root=driver_root, files=files, driver_info=info, nvml_error=nvml_error)

@@ -13,7 +13,6 @@ a glibc cache — corrupt, or in a layout we do not write — returns False: the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Sequence
@@ -21,7 +20,6 @@ from collections.abc import Sequence
 from nvc.debuglog import DebugLog
 
 CACHE = "/etc/ld.so.cache"
-_TMP_NAME = ".ld.so.cache.nvc-tmp"
 _MAX_CACHE = 64 << 20
 
 
@@ -149,22 +147,11 @@ def update_ldcache(root, rootfs: str, libraries: Sequence[tuple[str, str]], dire
         return False
     for link, target in soname_links(additions):
         _link(root, link, target, undo, log)
+    from nvc.atomic_write import replace_file
+
     etc = root.make_dirs("/etc", undo=undo)
     try:
-        fd = os.open(_TMP_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                     dir_fd=etc)
-        try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(_TMP_NAME, "ld.so.cache", src_dir_fd=etc, dst_dir_fd=etc)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(_TMP_NAME, dir_fd=etc)
-        raise
+        replace_file("ld.so.cache", payload, 0o644, dir_fd=etc)
     finally:
         os.close(etc)
     log.info(f"wrote {CACHE} in the container: {len(additions)} libraries merged")

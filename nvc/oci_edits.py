@@ -26,7 +26,6 @@ files and :func:`ldcache_for_container` reads the image's cache, both read-only.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -337,23 +336,9 @@ def edits_for_plan(plan: Plan, ldcache_source: str | None) -> SpecEdits:
 
 def write_file_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` by temp file + rename in the same directory: a reader never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask must not change the mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from nvc.atomic_write import replace_file
+
+    replace_file(os.path.abspath(path), data, mode, fsync=True)
 
 
 # --- merging into a spec ----------------------------------------------------------------------------------------

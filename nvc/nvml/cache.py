@@ -307,22 +307,9 @@ def read_json_entry(dir_fd: int, name: str) -> dict[str, Any] | None:
 def write_private_file(dir_fd: int, name: str, data: bytes) -> None:
     """Write ``name`` atomically: a private (0600) temporary file in the same directory, renamed over the name,
     then prune the directory (:func:`_prune`). Raises on failure (callers suppress)."""
-    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        # rename replaces whatever has the name (a symlink included) and never writes through it.
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
+    from nvc.atomic_write import replace_file
+
+    replace_file(name, data, 0o600, dir_fd=dir_fd)
     _prune(dir_fd, keep=name)
 
 

@@ -8,7 +8,6 @@ module as the location. Writing is append-only and never fails the operation bei
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 
@@ -51,7 +50,3 @@ class DebugLog:
 
 
 NULL_LOG = DebugLog()
-
-
-def stderr_log() -> DebugLog:
-    return DebugLog(stream=sys.stderr)

@@ -295,7 +295,3 @@ def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldca
     for line in warnings:
         log.warning(line)
     return warnings
-
-
-def as_nvc_error(exc: OSError, stage: str = "mount") -> NvcError:
-    return NvcError(stage, _os_message(exc))

@@ -75,23 +75,6 @@ def query_nvml(
     return info
 
 
-def fallback_driver_version(driver_root: str, cache) -> str | None:
-    """The driver version without NVML: the kernel module's /proc file, else libnvidia-ml's real file name."""
-    from nvc.ldcache import host_arch_classes
-
-    try:
-        with open(host_path(driver_root, comp.PROC_DRIVER + "/version"), encoding="utf-8", errors="replace") as f:
-            version = parse_nvrm_version(f.read())
-        if version:
-            return version
-    except OSError:
-        pass
-    try:
-        return version_from_library_name(find_nvml_library(cache, driver_root, host_arch_classes()[0]))
-    except NvcError:
-        return None
-
-
 def _proc_driver_version(driver_root: str) -> str | None:
     try:
         with open(host_path(driver_root, comp.PROC_DRIVER + "/version"), encoding="utf-8", errors="replace") as f:

@@ -42,7 +42,6 @@ from nvc.ldcache.format import (
     is_hwcaps_extension,
     type_text,
 )
-from nvc.ldcache.printer import format_cache, format_entry
 from nvc.ldcache.reader import MAX_CACHE_SIZE, CacheEntry, LdCache, LdCacheError, parse_cache, read_cache
 
 #: The writer (nvc.ldcache.writer) is imported on first use of one of these names, so readers don't pay for it.
@@ -63,11 +62,19 @@ _WRITER_EXPORTS = frozenset(
 )
 
 
+#: The printer is only for `nvc ldcache`: imported on first use too, off the container-start path.
+_PRINTER_EXPORTS = frozenset({"format_cache", "format_entry"})
+
+
 def __getattr__(name: str) -> object:
     if name in _WRITER_EXPORTS:
         from nvc.ldcache import writer
 
         return getattr(writer, name)
+    if name in _PRINTER_EXPORTS:
+        from nvc.ldcache import printer
+
+        return getattr(printer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -9,7 +9,6 @@ when they are built, and libraries compiled here with ``gcc -shared -Wl,-soname,
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import shutil
@@ -478,20 +477,13 @@ def test_legacy_hwcap_subdirectory_rewrites_byte_identical(tmp_path: Path) -> No
     assert any(e.hwcap and e.hwcaps_subdir is None for e in cache.entries)
 
 
-def fixture_caches() -> list[Path]:
-    try:
-        from fixtures.driver_roots import cache_dir
-    except ModuleNotFoundError:
-        return []
-    return sorted(Path(p) for p in glob.glob(str(cache_dir() / "caches" / "*.cache")))
+FIXTURE_CACHES = ("new", "old", "compat", "hwcaps", "arm64")
 
 
-@pytest.mark.parametrize("path", fixture_caches() or [None], ids=lambda p: p.name if p else "none")
-def test_driver_fixture_caches_rewrite_byte_identical(path: Path | None) -> None:
+@pytest.mark.parametrize("name", FIXTURE_CACHES)
+def test_driver_fixture_caches_rewrite_byte_identical(fixture_set, name: str) -> None:
     """The NVIDIA 535 fixture caches (new/old/compat, glibc-hwcaps, and arm64 from Debian's arm64 ldconfig)."""
-    if path is None:
-        pytest.skip("driver fixtures not built (python -m fixtures.driver_roots)")
-    cache = assert_rewrites_identically(path)
+    cache = assert_rewrites_identically(fixture_set.caches[name])
     assert any(e.key.startswith("libcuda.so") for e in cache.entries)
 
 

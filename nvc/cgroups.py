@@ -23,9 +23,9 @@ import errno
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from nvc.errors import NvcError
+from nvc.record import field, record
 from nvc.sys import bpf
 
 # struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; } (include/uapi/linux/bpf.h)
@@ -49,7 +49,7 @@ PROGRAM_NAME = "nvc_devices"
 PROGRAM_LICENSE = "Apache-2.0"  # our programs call no helpers, so GPL-only ones do not matter
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceRule:
     """One device-cgroup rule, as in ``devices.allow``: ``c 195:0 rw``; ``None`` major/minor means ``*``."""
 
@@ -121,7 +121,7 @@ class DeviceRule:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupTarget:
     """The container's device cgroup: its version and its directory as seen from the host."""
 
@@ -132,7 +132,7 @@ class CgroupTarget:
 # --- finding the cgroup ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupLine:
     """One line of ``/proc/PID/cgroup``: ``hierarchy-id:controllers:path`` (controllers empty for cgroup v2)."""
 
@@ -141,7 +141,7 @@ class CgroupLine:
     path: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountInfo:
     """The fields of a ``/proc/PID/mountinfo`` line we need (octal escapes such as ``\\040`` decoded)."""
 
@@ -357,7 +357,7 @@ def prepend_allow_rules(rules: Sequence[DeviceRule], old: Sequence[bpf.Insn]) ->
 # --- applying rules -------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@record
 class DeviceAccessChange:
     """What :func:`allow_devices` did, and how to take it back.
 
@@ -464,7 +464,7 @@ def _allow_v1(target: CgroupTarget, rules: tuple[DeviceRule, ...]) -> DeviceAcce
     return DeviceAccessChange(target, rules, applied=True, note=note, _undo=undo)
 
 
-@dataclass
+@record
 class _Swap:
     """One attached program replaced by its extended copy; fds kept so either can be attached again."""
 

@@ -8,11 +8,11 @@ mount namespace (or print it with ``--dry-run``).
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from nvc.device_select import imex_channel_numbers, mig_option_enabled, select_devices
 from nvc.errors import NvcError
+from nvc.record import replace
 from nvc.request import ConfigureRequest
 
 if TYPE_CHECKING:

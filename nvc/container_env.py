@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from nvc.components import Capability
 from nvc.errors import NvcError
+from nvc.record import record
 from nvc.runtime_config import RuntimeConfig
 
 ENV_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
@@ -49,7 +49,7 @@ DEFAULT_CAPABILITIES = frozenset({Capability.COMPUTE, Capability.UTILITY})
 _TRUE_VALUES = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuRequest:
     """A GPU container's request, in the terms ``nvidia-container-cli configure`` takes.
 

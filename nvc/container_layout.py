@@ -7,8 +7,8 @@ NVIDIA's rule: an image with ``/etc/debian_version`` uses the multiarch director
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from nvc.record import record
 from nvc.rootpath import host_path, resolve_in_root
 
 BINARY_DIR = "/usr/bin"
@@ -38,7 +38,7 @@ def library_dirs(rootfs: str | None, machine: str | None = None) -> tuple[str, s
 CUDA_COMPAT_DIR = "/usr/local/cuda/compat"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ContainerLayout:
     """What the planner needs to know about an image: its library dirs and the CUDA forward-compat libraries it
     ships (in-rootfs paths of ``/usr/local/cuda/compat/lib*.so.*`` real files)."""

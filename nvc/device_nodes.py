@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from nvc import components as comp
 from nvc.components import Capability
 from nvc.device_select import DeviceSelection
 from nvc.proc_driver import parse_mig_minors
+from nvc.record import record
 from nvc.rootpath import host_path
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceNode:
     """A character device (or, for ``kind == "mig-cap-file"``, the /proc capability file that goes with one)."""
 

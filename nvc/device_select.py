@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from nvc.driver_info import GpuInfo, MigDevice
 from nvc.errors import NvcError
+from nvc.record import record
 
 _PCI_RE = re.compile(r"^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})(?:\.([0-7]))?$", re.IGNORECASE)
 _MIG_PAIR_RE = re.compile(r"^\d+:\d+$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceSelection:
     """Selected GPUs (index order) and MIG devices as (parent GPU, MIG device) pairs."""
 

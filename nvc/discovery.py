@@ -11,17 +11,17 @@ import glob
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from nvc import components as comp
 from nvc.components import Capability
 from nvc.errors import NvcError
+from nvc.record import record
 from nvc.rootpath import RootPathError, exists_in_root, host_path, resolve_in_root
 
 NVML_SONAME = "libnvidia-ml.so.1"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DriverFile:
     """One driver file: ``path`` inside the driver root, the name it was looked up by, its capability."""
 
@@ -32,7 +32,7 @@ class DriverFile:
     capability: Capability | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DriverFiles:
     """Every driver file the root holds, tagged by capability; callers filter by what a container asks for."""
 

@@ -1,16 +1,17 @@
 """What NVML tells us about the host driver and its GPUs, as plain values.
 
 These records cross a process boundary (the NVML helper child sends them back as JSON) and will later be cached
-on disk, so they are frozen dataclasses with a lossless ``to_dict``/``from_dict`` pair and nothing else.
+on disk, so they are frozen records (nvc.record) with a lossless ``to_dict``/``from_dict`` pair and nothing else.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nvc.record import asdict, field, record
 
-@dataclass(frozen=True)
+
+@record(frozen=True)
 class MigDevice:
     """A MIG instance of a GPU: NVIDIA addresses it by ``<gpu>:<index>`` or by its ``MIG-`` UUID."""
 
@@ -20,7 +21,7 @@ class MigDevice:
     uuid: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuInfo:
     """One physical GPU. ``minor`` is the ``/dev/nvidiaN`` number, which is not always ``index``."""
 
@@ -35,7 +36,7 @@ class GpuInfo:
     mig_devices: tuple[MigDevice, ...] = field(default_factory=tuple)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DriverInfo:
     """Driver-wide answers: ``driver_version`` (NVRM), ``cuda_version`` ("12.2") and the GPUs in index order."""
 

@@ -9,7 +9,8 @@ listed as x86-64 is refused), so that check reads 20 header bytes with ``struct`
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from nvc.record import record
 
 ELFCLASS32 = 1
 ELFCLASS64 = 2
@@ -29,7 +30,7 @@ _CACHE_CLASS_IDENTITY: dict[int, tuple[int, int]] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ElfIdentity:
     elf_class: int  # ELFCLASS32 / ELFCLASS64
     little_endian: bool
@@ -60,7 +61,7 @@ def matches_cache_class(identity: ElfIdentity | None, arch_class: int) -> bool:
     return (identity.elf_class, identity.machine) == expected
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ElfDetails:
     soname: str | None
     needed: tuple[str, ...]

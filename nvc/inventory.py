@@ -8,20 +8,19 @@ container would get; the NVML error is kept to be reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from nvc import components as comp
 from nvc.discovery import DriverFiles, discover_files, find_nvml_library, load_ldcache, version_from_library_name
 from nvc.driver_info import DriverInfo
 from nvc.errors import NvcError
 from nvc.proc_driver import parse_nvrm_version
+from nvc.record import record
 from nvc.rootpath import host_path
 
 DEFAULT_LDCACHE = "/etc/ld.so.cache"
 NVML_TIMEOUT_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Inventory:
     driver_root: str
     files: DriverFiles

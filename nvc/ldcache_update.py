@@ -98,8 +98,7 @@ def respell(cache, rootfs: str, directories):
     """Existing entries of a directory that ldconfig now reaches first under another name (a command-line dir
     such as /usr/lib/x86_64-linux-gnu vs the cache's /lib/x86_64-linux-gnu on merged-/usr) get that name, as a
     fresh ldconfig run writes them."""
-    from dataclasses import replace
-
+    from nvc.record import replace
     from nvc.rootpath import resolve_in_root
 
     names = {d.real: d.name for d in directories}

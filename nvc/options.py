@@ -4,12 +4,12 @@ paths can build them without importing the CLI framework."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from nvc.errors import NvcError
+from nvc.record import record
 
 
-@dataclass
+@record
 class GlobalOptions:
     """Options that precede the command."""
 

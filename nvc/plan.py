@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from nvc import components as comp
 from nvc import device_nodes
@@ -25,6 +24,7 @@ from nvc.discovery import DriverFile, filter_by_capabilities
 from nvc.gvisor import SUPPORTED_DEVICES as GVISOR_DEVICES
 from nvc.inventory import Inventory
 from nvc.proc_driver import proc_bus_id
+from nvc.record import field, record
 from nvc.request import ConfigureRequest
 from nvc.rootpath import host_path
 
@@ -32,7 +32,7 @@ PROC_DRIVER_FILES = ("params", "version", "registry")
 APP_PROFILES_DIR = "/etc/nvidia/nvidia-application-profiles-rc.d"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tmpfs:
     """A fresh tmpfs at ``target`` (in-rootfs path), filled with ``files`` (name, host source path, rewrite)."""
 
@@ -43,7 +43,7 @@ class Tmpfs:
     capability: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Bind:
     """Bind ``source`` onto ``target`` (in-rootfs path). ``source_in_rootfs``: the source is itself a path inside
     the container (CUDA compat libraries) and must be resolved there, not on the host."""
@@ -63,13 +63,13 @@ class Bind:
     node_kind: str | None = None  # device nodes: control | gpu | mig-cap | imex
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Symlink:
     target: str  # the link to create (in-rootfs path)
     value: str  # what it points to
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupAllow:
     device_type: str  # "c"
     major: int
@@ -77,7 +77,7 @@ class CgroupAllow:
     access: str = "rw"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UpdateLdCache:
     """Refresh the container's ld.so.cache for ``directories`` with ``ldconfig`` (``@path`` = host binary)."""
 
@@ -88,7 +88,7 @@ class UpdateLdCache:
 Operation = Tmpfs | Bind | Symlink | CgroupAllow | UpdateLdCache
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     rootfs: str
     operations: tuple[Operation, ...]

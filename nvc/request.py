@@ -4,14 +4,13 @@ container environment, runsc's argv).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from nvc.components import Capability
+from nvc.record import field, record
 
 CUDA_COMPAT_MODES = ("mount", "ldconfig", "disabled")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ConfigureRequest:
     """Everything ``nvidia-container-cli configure`` accepts, as values.
 

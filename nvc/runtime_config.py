@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, get_type_hints
 
 from nvc.components import ALL_CAPABILITIES, Capability
 from nvc.errors import NvcError
+from nvc.record import field, fields, is_record, record, replace
 
 CONFIG_PATH_ENV = "NVIDIA_CTK_CONFIG_FILE_PATH"
 XDG_CONFIG_HOME_ENV = "XDG_CONFIG_HOME"
@@ -32,7 +32,7 @@ CUDA_COMPAT_MODES = ("disabled", "hook", "ldconfig", "mount")
 PathExists = Callable[[str], bool]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ContainerCliConfig:
     """``[nvidia-container-cli]``: how the hook invokes the CLI. Empty strings mean "flag not passed"."""
 
@@ -49,7 +49,7 @@ class ContainerCliConfig:
     ldconfig: str = DEFAULT_LDCONFIG
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CdiModeConfig:
     """``[nvidia-container-runtime.modes.cdi]``."""
 
@@ -58,21 +58,21 @@ class CdiModeConfig:
     spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CsvModeConfig:
     """``[nvidia-container-runtime.modes.csv]`` (Tegra)."""
 
     mount_spec_path: str = "/etc/nvidia-container-runtime/host-files-for-container.d"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LegacyModeConfig:
     """``[nvidia-container-runtime.modes.legacy]``: how CUDA forward-compat libraries in an image are used."""
 
     cuda_compat_mode: str = "ldconfig"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RuntimeModesConfig:
     """``[nvidia-container-runtime.modes]``."""
 
@@ -81,7 +81,7 @@ class RuntimeModesConfig:
     legacy: LegacyModeConfig = field(default_factory=LegacyModeConfig)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ContainerRuntimeConfig:
     """``[nvidia-container-runtime]``: the runc wrapper's settings (mode: auto | legacy | cdi | jit-cdi | csv)."""
 
@@ -92,7 +92,7 @@ class ContainerRuntimeConfig:
     modes: RuntimeModesConfig = field(default_factory=RuntimeModesConfig)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RuntimeHookConfig:
     """``[nvidia-container-runtime-hook]``."""
 
@@ -100,14 +100,14 @@ class RuntimeHookConfig:
     skip_mode_detection: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CtkConfig:
     """``[nvidia-ctk]``."""
 
     path: str = "nvidia-ctk"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FeaturesConfig:
     """``[features]``: opt-in switches, all off unless set to true."""
 
@@ -118,7 +118,7 @@ class FeaturesConfig:
     ignore_imex_channel_requests: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RuntimeConfig:
     """The whole file. ``swarm_resource`` is the comma-separated TOML string already split into env var names;
     ``supported_driver_capabilities`` is the validated set (``"all"`` expanded); ``source`` is the file that was
@@ -316,8 +316,8 @@ def _store_config(path: str, identity: list[int] | None, config: RuntimeConfig) 
 
 
 def config_to_dict(value: Any) -> Any:
-    """A config dataclass as JSON-able values (tuples and sets become lists, capabilities their names)."""
-    if is_dataclass(value):
+    """A config record as JSON-able values (tuples and sets become lists, capabilities their names)."""
+    if is_record(value):
         return {item.name: config_to_dict(getattr(value, item.name)) for item in fields(value)}
     if isinstance(value, frozenset):
         return sorted(capability.value for capability in value)
@@ -338,7 +338,7 @@ def config_from_dict(data: Any, cls: type = RuntimeConfig) -> Any:
     for name in names:
         default = getattr(defaults, name)
         value = data[name]
-        if is_dataclass(default):
+        if is_record(default):
             values[name] = config_from_dict(value, type(default))
         elif isinstance(default, frozenset):
             if not isinstance(value, list):
@@ -360,7 +360,7 @@ def config_from_dict(data: Any, cls: type = RuntimeConfig) -> Any:
 
 
 def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
-    """Fill a config dataclass from a TOML table: known keys are type-checked, missing keys keep their default,
+    """Fill a config record from a TOML table: known keys are type-checked, missing keys keep their default,
     unknown keys are ignored. Values needing more than a type check are finished in :func:`_finish`."""
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
@@ -373,7 +373,7 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
         value = table[toml_key]
         dotted = prefix + toml_key
         hint = str if (cls, item.name) in _TOML_STRING_FIELDS else hints[item.name]
-        if is_dataclass(hint):
+        if is_record(hint):
             if not isinstance(value, dict):
                 raise _ConfigValueError(f"{dotted}: expected a table, got {_toml_type(value)}")
             values[item.name] = _build(hint, value, dotted + ".")

@@ -250,10 +250,9 @@ def find_hook(config: RuntimeConfig, environ: Mapping[str, str]) -> str:
 def _gvisor_capabilities(gpu: GpuRequest, spec: Mapping[str, Any]) -> GpuRequest:
     """runsc's rule: ``all`` (or the default) is limited to what nvproxy serves; an explicit capability outside
     it stays in the request and is refused by the planner, as runsc refuses it."""
-    from dataclasses import replace
-
     from nvc.container_env import ENV_DRIVER_CAPABILITIES, parse_environment
     from nvc.gvisor import SUPPORTED_CAPABILITIES
+    from nvc.record import replace
 
     process = spec.get("process")
     env = parse_environment(process.get("env") if isinstance(process, dict) else None)
@@ -268,11 +267,10 @@ def spec_with_edits(
 ) -> dict[str, Any]:
     """Plan in-process for the bundle's rootfs and merge the plan as spec edits; writes the merged ld.so.cache
     to ``<bundle>/nvc-ld.so.cache`` (mounted over the container's ``/etc/ld.so.cache``)."""
-    from dataclasses import replace
-
     from nvc.configure import build_plan
     from nvc.hook import container_rootfs
     from nvc.oci_edits import LDCACHE_FILE_NAME, apply_edits, edits_for_plan, write_file_atomic
+    from nvc.record import replace
 
     rootfs = container_rootfs({}, spec, bundle)
     if gvisor:

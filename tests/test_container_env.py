@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from nvc.components import ALL_CAPABILITIES, Capability
 from nvc.container_env import GpuRequest, cuda_major_minor, gpu_request_from_spec, parse_environment
 from nvc.errors import NvcError
+from nvc.record import replace
 from nvc.runtime_config import FeaturesConfig, RuntimeConfig
 
 C = Capability

@@ -4,7 +4,7 @@ Driver discovery reads the host's (or a driver root's) cache through :func:`read
 whose ABI class matches :func:`host_arch_classes`; the CLI's ``ldconfig -p``-style listing uses
 :func:`format_cache`. :mod:`nvc.ldcache.writer` writes caches as glibc's ldconfig does and merges injected
 libraries (:func:`merge_cache_bytes`); its names are exported here but imported lazily, so importing this
-package still costs only ``struct`` and ``dataclasses``.
+package still costs only ``struct`` and ``nvc.record``.
 """
 
 from nvc.ldcache.format import (

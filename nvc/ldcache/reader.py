@@ -23,9 +23,9 @@ import os
 import stat
 import struct
 import sys
-from dataclasses import dataclass
 
 from nvc.ldcache import format as fmt
+from nvc.record import record
 
 #: Refuse larger files: the biggest real caches are a few MiB, and this bounds memory on a hostile root.
 MAX_CACHE_SIZE = 256 * 1024 * 1024
@@ -46,7 +46,7 @@ class LdCacheError(ValueError):
     """The file is not a usable ld.so.cache; the message is one human-readable line."""
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class CacheEntry:
     """One library record, as the file stores it (strings decoded with UTF-8 + surrogateescape)."""
 
@@ -68,7 +68,7 @@ class CacheEntry:
         return bool(self.flags & fmt.FLAG_ELF)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class LdCache:
     """A parsed cache: the table glibc uses plus the extension data."""
 

@@ -54,10 +54,10 @@ import stat
 import struct
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 
 from nvc.ldcache import format as fmt
 from nvc.ldcache.reader import CacheEntry, LdCache, parse_cache
+from nvc.record import record, replace
 
 __all__ = [
     "LAYOUTS",
@@ -373,7 +373,7 @@ def _extension(offset: int, generator: bytes | None, hwcaps_offsets: Sequence[in
 # --- reading a cache back for rewriting --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class CacheImage:
     """A parsed cache plus what a byte-identical rewrite needs beyond :class:`LdCache`.
 
@@ -485,7 +485,7 @@ def serialize_image(image: CacheImage) -> bytes:
 # --- merging injected libraries ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class LibraryAddition:
     """A library injected into the container, as ldconfig would find it.
 
@@ -510,7 +510,7 @@ class LibraryAddition:
         return posixpath.basename(self.path)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class SearchDirectory:
     """A directory ldconfig scans: ``name`` as ldconfig spells it in cache paths, ``real`` its canonical path
     inside the root (they differ behind symlinks, e.g. ``/lib/x86_64-linux-gnu`` vs ``/usr/lib/...`` on

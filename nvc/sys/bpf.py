@@ -20,8 +20,9 @@ import os
 import struct
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from nvc.record import record
 
 # --- bpf(2) commands, program/attach types and flags (include/uapi/linux/bpf.h) -----------------------------------
 BPF_PROG_LOAD = 5
@@ -81,7 +82,7 @@ _JMP_NAMES = {
 _SIZE_NAMES = {BPF_W: "u32", BPF_H: "u16", BPF_B: "u8", BPF_DW: "u64"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Insn:
     """One 8-byte eBPF instruction (``struct bpf_insn``). ``str()`` gives the kernel verifier's notation."""
 
@@ -327,7 +328,7 @@ def prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
     _bpf(BPF_PROG_DETACH, attr)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProgQuery:
     """What BPF_PROG_QUERY says about one attach point: the flags it was attached with and the program ids."""
 
@@ -372,7 +373,7 @@ def prog_get_fd_by_id(prog_id: int) -> int:
     return _bpf(BPF_PROG_GET_FD_BY_ID, attr, f" (program id {prog_id})")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProgInfo:
     """The parts of ``struct bpf_prog_info`` we use; ``insns`` is the verifier-translated text."""
 

@@ -279,71 +279,56 @@ class RootFs:
         directory, device, fifo or socket is refused with :class:`ContainerFsError` and never followed: mounting
         over a symlink's target is how CVE-2024-0134 reached the host.
         """
-        parents, name = _leaf(inner_path)
-        parent = self.make_dirs("/".join(parents), undo=undo)
-        try:
-            for _ in range(_RACE_RETRIES):
-                try:
-                    fd = os.open(
-                        name,
-                        os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDONLY | os.O_CLOEXEC,
-                        mode & 0o7777,
-                        dir_fd=parent,
-                    )
-                except FileExistsError:
-                    pass
-                else:
-                    try:
-                        os.fchmod(fd, mode & 0o7777)  # exact mode, whatever the umask
-                        if undo is not None:
-                            undo.add_created(parent, name, fd, self.host_path(inner_path))
-                        return _reopen_path(fd), True
-                    finally:
-                        os.close(fd)
-                try:
-                    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-                except FileNotFoundError:
-                    continue  # removed between our two opens: try to create it again
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode):
-                    return fd, False
+
+        def create(parent: int, name: str) -> int:
+            fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDONLY | os.O_CLOEXEC, mode & 0o7777,
+                         dir_fd=parent)
+            try:
+                os.fchmod(fd, mode & 0o7777)  # exact mode, whatever the umask
+                if undo is not None:
+                    undo.add_created(parent, name, fd, self.host_path(inner_path))
+                return _reopen_path(fd)
+            finally:
                 os.close(fd)
-                raise ContainerFsError(
-                    errno.EEXIST, f"file exists and is {_kind(st.st_mode)}", self.host_path(inner_path)
-                )
-            raise ContainerFsError(errno.EAGAIN, "file keeps changing", self.host_path(inner_path))
-        except ContainerFsError:
-            raise
-        except OSError as exc:
-            raise self._error(exc, inner_path) from exc
-        finally:
-            os.close(parent)
+
+        return self._create_or_reuse(inner_path, create, stat.S_ISREG, "file", undo)
 
     def create_dir(self, inner_path: str, mode: int = 0o755, *, undo: Undo | None = None) -> tuple[int, bool]:
         """Create a directory to mount onto (tmpfs, a GPU's proc dir); return ``(O_PATH fd, created)``.
 
         An existing directory is reused; a symlink (even to a directory) or a non-directory is refused.
         """
+
+        def create(parent: int, name: str) -> int:
+            return _mkdir_at(parent, name, mode, undo, self.host_path(inner_path))
+
+        return self._create_or_reuse(inner_path, create, stat.S_ISDIR, "directory", undo)
+
+    def _create_or_reuse(self, inner_path: str, create: Callable[[int, str], int], reusable: Callable[[int], bool],
+                         what: str, undo: Undo | None) -> tuple[int, bool]:
+        """Create ``inner_path`` with ``create(parent_fd, name)`` (O_EXCL semantics), or reuse what is there if
+        ``reusable(st_mode)``; anything else — a symlink above all — is refused, never followed. Retries when the
+        entry appears or vanishes between the two steps (a racing container process)."""
         parents, name = _leaf(inner_path)
         parent = self.make_dirs("/".join(parents), undo=undo)
         try:
             for _ in range(_RACE_RETRIES):
                 try:
-                    return _mkdir_at(parent, name, mode, undo, self.host_path(inner_path)), True
+                    return create(parent, name), True
                 except FileExistsError:
                     pass
                 try:
                     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                 except FileNotFoundError:
-                    continue
+                    continue  # removed between our two steps: try to create it again
                 st = os.fstat(fd)
-                if stat.S_ISDIR(st.st_mode):
+                if reusable(st.st_mode):
                     return fd, False
                 os.close(fd)
                 raise ContainerFsError(
                     errno.EEXIST, f"file exists and is {_kind(st.st_mode)}", self.host_path(inner_path)
                 )
-            raise ContainerFsError(errno.EAGAIN, "directory keeps changing", self.host_path(inner_path))
+            raise ContainerFsError(errno.EAGAIN, f"{what} keeps changing", self.host_path(inner_path))
         except ContainerFsError:
             raise
         except OSError as exc:

@@ -28,11 +28,12 @@ def host_path(root: str, inner: str) -> str:
     return root.rstrip("/") + (inner if inner != "/" else "")
 
 
-def resolve_in_root(root: str, path: str, *, follow_final: bool = True) -> str:
+def resolve_in_root(root: str, path: str, *, follow_final: bool = True, strict: bool = False) -> str:
     """Return ``path`` with every symlink resolved inside ``root``, as an absolute path relative to ``root``.
 
-    Components that do not exist are kept as they are (the result then names a missing file; callers check).
-    ``follow_final=False`` leaves a final symlink unresolved, like ``lstat``.
+    Components that do not exist are kept as they are (the result then names a missing file; callers check),
+    unless ``strict``: then a missing or unreadable component raises :class:`RootPathError`, as chroot(2)'s
+    own resolution would fail. ``follow_final=False`` leaves a final symlink unresolved, like ``lstat``.
     """
     pending = [c for c in path.split("/") if c]
     pending.reverse()  # a stack: the next component is pending[-1]
@@ -53,7 +54,9 @@ def resolve_in_root(root: str, path: str, *, follow_final: bool = True) -> str:
         full = host_path(root, "/" + "/".join(candidate))
         try:
             st = os.lstat(full)
-        except OSError:
+        except OSError as exc:
+            if strict:
+                raise RootPathError(exc.errno, exc.strerror, path) from None
             # Missing (or unreadable): nothing more to resolve through; keep the rest verbatim but normalised.
             resolved = candidate
             continue
@@ -63,7 +66,10 @@ def resolve_in_root(root: str, path: str, *, follow_final: bool = True) -> str:
         links += 1
         if links > MAX_SYMLINKS:
             raise RootPathError(errno.ELOOP, "too many levels of symbolic links", path)
-        target = os.readlink(full)
+        try:
+            target = os.readlink(full)
+        except OSError as exc:  # replaced by a non-link between lstat and readlink
+            raise RootPathError(exc.errno, exc.strerror, path) from None
         if target.startswith("/"):
             resolved = []
         parts = [c for c in target.split("/") if c]

@@ -68,3 +68,10 @@ def test_directory_symlink_in_the_middle(tree):
 def test_host_root_is_plain_paths():
     assert host_path("/", "/dev/nvidiactl") == "/dev/nvidiactl"
     assert host_path("/run/nvidia/driver/", "/dev/nvidiactl") == "/run/nvidia/driver/dev/nvidiactl"
+
+
+def test_strict_refuses_missing_components_as_chroot_would(tree):
+    with pytest.raises(RootPathError):
+        resolve_in_root(tree, "/usr/bin/nope/../nvidia-smi", strict=True)
+    assert resolve_in_root(tree, "/usr/bin/nope/../nvidia-smi") == "/usr/lib/nvidia/current/nvidia-smi"
+    assert resolve_in_root(tree, "/usr/bin/nvidia-smi", strict=True) == "/usr/lib/nvidia/current/nvidia-smi"

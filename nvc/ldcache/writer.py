@@ -717,7 +717,6 @@ _MULTIARCH = {
     "s390x": "s390x-linux-gnu",
     "riscv64": "riscv64-linux-gnu",
 }
-_MAX_SYMLINKS = 40
 _MAX_CONF_FILES = 1024
 _MAX_CONF_BYTES = 1 << 20
 
@@ -727,35 +726,12 @@ def _resolve_in_root(root: str, path: str) -> str | None:
 
     Returns the path inside the root ("/usr/lib/..."), or None when it does not exist or loops.
     """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = [*resolved, part]
-        host = os.path.join(root, *candidate)
-        try:
-            st = os.lstat(host)
-        except OSError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > _MAX_SYMLINKS:
-                return None
-            try:
-                target = os.readlink(host)
-            except OSError:
-                return None
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved = candidate
-    return "/" + "/".join(resolved)
+    from nvc.rootpath import RootPathError, resolve_in_root
+
+    try:
+        return resolve_in_root(root, path, strict=True)
+    except RootPathError:
+        return None
 
 
 def _read_small_file(path: str) -> bytes | None:

@@ -9,7 +9,6 @@ through it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 
@@ -30,6 +29,8 @@ def replace_file(name: str, data: bytes, mode: int, *, dir_fd: int | None = None
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
         raise

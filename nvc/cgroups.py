@@ -18,15 +18,16 @@ Both paths write host paths: call :func:`detect_cgroup` and :func:`allow_devices
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import re
-from collections.abc import Callable, Sequence
 
 from nvc.errors import NvcError
 from nvc.record import field, record
 from nvc.sys import bpf
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 # struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; } (include/uapi/linux/bpf.h)
 BPF_DEVCG_DEV_BLOCK = 1
@@ -49,6 +50,11 @@ PROGRAM_NAME = "nvc_devices"
 PROGRAM_LICENSE = "Apache-2.0"  # our programs call no helpers, so GPL-only ones do not matter
 
 
+def _rule_number(text: str) -> bool:
+    """``\\*|\\d+`` (a str pattern's \\d: any Unicode decimal digit, which int() also reads)."""
+    return text == "*" or text.isdecimal()
+
+
 @record(frozen=True)
 class DeviceRule:
     """One device-cgroup rule, as in ``devices.allow``: ``c 195:0 rw``; ``None`` major/minor means ``*``."""
@@ -69,17 +75,28 @@ class DeviceRule:
 
     @classmethod
     def parse(cls, text: str) -> DeviceRule:
-        """``"c 195:* rw"`` / ``"a"`` (the ``devices.list`` syntax) to a rule."""
-        m = re.fullmatch(r"\s*([abc])(?:\s+(\*|\d+):(\*|\d+)(?:\s+([rwm]+))?)?\s*", text)
-        if not m:
+        r"""``"c 195:* rw"`` / ``"a"`` (the ``devices.list`` syntax) to a rule.
+
+        Accepts exactly what ``re.fullmatch(r"\s*([abc])(?:\s+(\*|\d+):(\*|\d+)(?:\s+([rwm]+))?)?\s*", text)``
+        does (``\s``/``\d`` as re reads them in a str pattern: str.isspace / str.isdecimal), without importing re
+        on the hook path.
+        """
+        words = text.split()  # splits and strips on str.isspace, the set re's \s matches
+        if not 1 <= len(words) <= 3 or words[0] not in ("a", "b", "c"):
             raise ValueError(f"invalid device rule {text!r}")
-        kind, major, minor, access = m.groups()
-        return cls(
-            kind,
-            None if major in (None, "*") else int(major),
-            None if minor in (None, "*") else int(minor),
-            access or "rwm",
-        )
+        major = minor = None
+        access = "rwm"
+        if len(words) > 1:
+            major_text, colon, minor_text = words[1].partition(":")
+            if not colon or not _rule_number(major_text) or not _rule_number(minor_text):
+                raise ValueError(f"invalid device rule {text!r}")
+            major = None if major_text == "*" else int(major_text)
+            minor = None if minor_text == "*" else int(minor_text)
+            if len(words) > 2:
+                access = words[2]
+                if access.strip("rwm"):
+                    raise ValueError(f"invalid device rule {text!r}")
+        return cls(words[0], major, minor, access)
 
     @property
     def access_mask(self) -> int:
@@ -167,11 +184,27 @@ def parse_proc_cgroup(text: str) -> list[CgroupLine]:
     return lines
 
 
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+_OCTAL_DIGITS = "01234567"
 
 
 def _unescape(field_text: str) -> str:
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field_text)
+    """Decode the kernel's ``\\NNN`` octal escapes: what ``re.sub(r"\\\\([0-7]{3})", ...)`` did, left to right."""
+    start = field_text.find("\\")
+    if start < 0:
+        return field_text
+    out: list[str] = []
+    done = 0  # field_text[:done] is in out
+    while start >= 0:
+        digits = field_text[start + 1 : start + 4]
+        if len(digits) == 3 and not digits.strip(_OCTAL_DIGITS):  # three of [0-7]
+            out.append(field_text[done:start])
+            out.append(chr(int(digits, 8)))
+            done = start + 4
+            start = field_text.find("\\", done)
+        else:
+            start = field_text.find("\\", start + 1)
+    out.append(field_text[done:])
+    return "".join(out)
 
 
 def parse_mountinfo(text: str) -> list[MountInfo]:
@@ -452,8 +485,10 @@ def _allow_v1(target: CgroupTarget, rules: tuple[DeviceRule, ...]) -> DeviceAcce
                     written.append(line)
     except OSError as exc:
         if written:
-            with contextlib.suppress(OSError):  # report the first failure; the cgroup was refusing writes anyway
+            try:
                 _write_v1(os.path.join(target.path, "devices.deny"), written)
+            except OSError:  # report the first failure; the cgroup was refusing writes anyway
+                pass
         raise _fail(_os_message(exc)) from None
 
     def undo() -> None:
@@ -561,8 +596,10 @@ def _allow_v2(target: CgroupTarget, rules: tuple[DeviceRule, ...]) -> DeviceAcce
             attached.append(swap)
     except BaseException:
         for swap in reversed(attached):
-            with contextlib.suppress(OSError):  # keep the first error
+            try:
                 _replace(dir_fd, query.attach_flags, swap.new_fd, swap.old_fd)
+            except OSError:  # keep the first error
+                pass
         release()
         raise
 

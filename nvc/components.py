@@ -6,20 +6,99 @@ first, then compute, ngx, video, graphics, and within a capability in the order 
 
 from __future__ import annotations
 
-from enum import StrEnum
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the hook imports this module, and typing costs ~10 ms there
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
-class Capability(StrEnum):
-    """NVIDIA_DRIVER_CAPABILITIES values / configure flags."""
+class _CapabilityType(type):
+    """What ``enum.EnumType`` gives ``Capability`` that callers use — lookup by value, iteration in definition
+    order, ``len``, ``in`` and read-only members — without importing :mod:`enum` (several ms of hook start-up)."""
 
-    UTILITY = "utility"
-    COMPUTE = "compute"
-    NGX = "ngx"
-    VIDEO = "video"
-    GRAPHICS = "graphics"
-    DISPLAY = "display"
-    COMPAT32 = "compat32"
+    _members: tuple[Capability, ...]
+    _by_value: dict[str, Capability]
 
+    def __call__(cls, value: object) -> Capability:
+        try:
+            return cls._by_value[value]
+        except (KeyError, TypeError):
+            raise ValueError(f"{value!r} is not a valid {cls.__qualname__}") from None
+
+    def __iter__(cls) -> Iterator[Capability]:
+        return iter(cls._members)
+
+    def __reversed__(cls) -> Iterator[Capability]:
+        return reversed(cls._members)
+
+    def __len__(cls) -> int:
+        return len(cls._members)
+
+    def __contains__(cls, value: object) -> bool:
+        try:
+            return value in cls._by_value
+        except TypeError:
+            return False
+
+    def __setattr__(cls, name: str, value: object) -> None:
+        if name in cls.__dict__.get("_by_name", ()):
+            raise AttributeError(f"cannot reassign member {name!r}")
+        super().__setattr__(name, value)
+
+    def __delattr__(cls, name: str) -> None:
+        if name in cls.__dict__.get("_by_name", ()):
+            raise AttributeError(f"cannot delete member {name!r}")
+        super().__delattr__(name)
+
+
+class Capability(str, metaclass=_CapabilityType):
+    """NVIDIA_DRIVER_CAPABILITIES values / configure flags: a ``str`` (equal to, and hashing like, its value) that
+    behaves like the ``enum.StrEnum`` member it replaces: ``Capability("compute") is Capability.COMPUTE``, unknown
+    values raise ValueError, ``.name``/``.value``, enum's repr, and ``list(Capability)`` in definition order."""
+
+    __slots__ = ()
+
+    UTILITY: Capability
+    COMPUTE: Capability
+    NGX: Capability
+    VIDEO: Capability
+    GRAPHICS: Capability
+    DISPLAY: Capability
+    COMPAT32: Capability
+
+    @property
+    def name(self) -> str:
+        return self.upper()
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{self.name}: {str.__repr__(self)}>"
+
+    def __reduce_ex__(self, protocol: object) -> tuple[type, tuple[str]]:
+        return type(self), (self.value,)
+
+    def __copy__(self) -> Capability:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Capability:
+        return self
+
+
+def _define_members() -> None:
+    members = tuple(
+        str.__new__(Capability, value)
+        for value in ("utility", "compute", "ngx", "video", "graphics", "display", "compat32")
+    )
+    for member in members:
+        type.__setattr__(Capability, member.name, member)
+    type.__setattr__(Capability, "_members", members)
+    type.__setattr__(Capability, "_by_value", {member.value: member for member in members})
+    type.__setattr__(Capability, "_by_name", {member.name: member for member in members})
+
+
+_define_members()
 
 ALL_CAPABILITIES: tuple[Capability, ...] = tuple(Capability)
 

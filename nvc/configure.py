@@ -8,13 +8,13 @@ mount namespace (or print it with ``--dry-run``).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from nvc.device_select import imex_channel_numbers, mig_option_enabled, select_devices
 from nvc.errors import NvcError
 from nvc.record import replace
 from nvc.request import ConfigureRequest
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from nvc.debuglog import DebugLog
     from nvc.options import GlobalOptions

@@ -20,13 +20,21 @@ Pure: a parsed spec and a :class:`RuntimeConfig` in, a :class:`GpuRequest` (or N
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+
+# The ABCs collections.abc re-exports, from where they live: ``os`` has already imported _collections_abc, while
+# importing collections.abc would load the whole collections package on every container start.
+from _collections_abc import Iterable, Mapping
 
 from nvc.components import Capability
 from nvc.errors import NvcError
 from nvc.record import record
-from nvc.runtime_config import RuntimeConfig
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the hook imports this module, and typing costs ~10 ms there
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from nvc.runtime_config import RuntimeConfig
 
 ENV_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 ENV_DRIVER_CAPABILITIES = "NVIDIA_DRIVER_CAPABILITIES"

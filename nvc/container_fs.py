@@ -21,20 +21,22 @@ check and the mount. Both happened in the field (CVE-2024-0134; CVE-2024-0132 / 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
-from typing import Literal
 
 from nvc.sys import mount as _m
 from nvc.sys.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2, openat2_available
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Literal
+
+    MountApi = Literal["new", "classic"]
+
 MAX_SYMLINKS = 40  # the kernel's own limit (ELOOP)
 _RACE_RETRIES = 16  # a component that keeps appearing and disappearing under us is an attack, not bad luck
-
-MountApi = Literal["new", "classic"]
 
 
 class ContainerFsError(OSError):
@@ -681,8 +683,10 @@ def _classic_mount(
             raise OSError(errno.EAGAIN, "mount target changed while mounting", where)
         return Mount(fd, where, "classic")
     except BaseException:
-        with contextlib.suppress(OSError):
+        try:
             _m.umount2(_m.fd_path(target_fd), _m.MNT_DETACH)  # goes down to the top mount on the target: ours
+        except OSError:
+            pass
         raise
 
 

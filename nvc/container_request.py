@@ -4,8 +4,7 @@ argv NVIDIA's hook hands to ``nvidia-container-cli configure``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from nvc.container_env import GpuRequest
     from nvc.options import GlobalOptions

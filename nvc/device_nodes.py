@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
 
 from nvc import components as comp
 from nvc.components import Capability
@@ -17,6 +16,10 @@ from nvc.device_select import DeviceSelection
 from nvc.proc_driver import parse_mig_minors
 from nvc.record import record
 from nvc.rootpath import host_path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 @record(frozen=True)

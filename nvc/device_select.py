@@ -7,15 +7,16 @@ Anything else is ``device error: <item>: unknown device``, NVIDIA's wording.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
-
 from nvc.driver_info import GpuInfo, MigDevice
 from nvc.errors import NvcError
 from nvc.record import record
 
-_PCI_RE = re.compile(r"^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})(?:\.([0-7]))?$", re.IGNORECASE)
-_MIG_PAIR_RE = re.compile(r"^\d+:\d+$")
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_PCI_FUNCTIONS = frozenset("01234567")
 
 
 @record(frozen=True)
@@ -38,13 +39,53 @@ def split_device_list(values: Iterable[str]) -> list[str]:
     return items
 
 
+def _is_hex(text: str, max_len: int) -> bool:
+    """1..max_len ASCII hex digits (``[0-9a-f]{1,max_len}`` with re.IGNORECASE)."""
+    return 0 < len(text) <= max_len and all(ch in _HEX_DIGITS for ch in text)
+
+
+def _parse_bus_id(text: str) -> tuple[str, str, str] | None:
+    """(domain or "", bus, device) when ``text`` is ``[domain:]bus:device[.function]``, else None.
+
+    Accepts exactly what ``re.match(r"^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})(?:\\.([0-7]))?$",
+    text, re.I)`` accepts (``$`` also matching before one final newline), without importing re on the hook path.
+    """
+    if text.endswith("\n"):
+        text = text[:-1]
+    parts = text.split(":")
+    if len(parts) == 3:
+        domain, bus, device = parts
+        if not _is_hex(domain, 8):
+            return None
+    elif len(parts) == 2:
+        domain = ""
+        bus, device = parts
+    else:
+        return None
+    device, dot, function = device.partition(".")
+    if not _is_hex(bus, 2) or not _is_hex(device, 2):
+        return None
+    if dot and (len(function) != 1 or function not in _PCI_FUNCTIONS):
+        return None
+    return domain, bus, device
+
+
 def normalize_bus_id(text: str) -> str | None:
     """``3b:00`` / ``0000:3b:00.0`` → ``00000000:3b:00.0`` (NVIDIA's 8-digit-domain form); None if not PCI."""
-    match = _PCI_RE.match(text)
-    if not match:
+    parsed = _parse_bus_id(text)
+    if parsed is None:
         return None
-    domain, bus, device, _function = match.groups()
+    domain, bus, device = parsed
     return f"{int(domain or '0', 16):08x}:{int(bus, 16):02x}:{int(device, 16):02x}.0"
+
+
+def _is_mig_pair(item: str) -> bool:
+    """``<gpu>:<mig>`` decimal indices: what ``re.match(r"^\\d+:\\d+$", item)`` accepts (Unicode decimal digits, and
+    ``$`` before one final newline)."""
+    if item.endswith("\n"):
+        item = item[:-1]
+    gpu, sep, mig = item.partition(":")
+    return bool(sep) and gpu.isdecimal() and mig.isdecimal()
 
 
 def select_devices(items: Iterable[str], gpus: tuple[GpuInfo, ...]) -> DeviceSelection:
@@ -65,7 +106,7 @@ def select_devices(items: Iterable[str], gpus: tuple[GpuInfo, ...]) -> DeviceSel
                     add_mig(gpu, mig)
             continue
         # "<gpu>:<mig>" also reads as a short PCI id; NVIDIA gives the MIG pair precedence.
-        gpu_match = None if _MIG_PAIR_RE.match(item) else _match_gpu(item, gpus)
+        gpu_match = None if _is_mig_pair(item) else _match_gpu(item, gpus)
         if gpu_match is not None:
             chosen_gpus.setdefault(gpu_match.index, gpu_match)
             continue

@@ -7,16 +7,18 @@ container): the ld.so.cache is read from the root, every cache entry and every s
 
 from __future__ import annotations
 
-import glob
 import os
 import stat
-from collections.abc import Iterable, Sequence
 
 from nvc import components as comp
 from nvc.components import Capability
 from nvc.errors import NvcError
 from nvc.record import record
 from nvc.rootpath import RootPathError, exists_in_root, host_path, resolve_in_root
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 NVML_SONAME = "libnvidia-ml.so.1"
 
@@ -203,6 +205,8 @@ def find_firmwares(driver_root: str, version: str) -> tuple[DriverFile, ...]:
     inner_dir = _resolve(driver_root, directory)
     if inner_dir is None:
         return ()
+    import glob  # discovery runs on an inventory-cache miss only; glob (+fnmatch, re) stays off the hit path
+
     found: list[DriverFile] = []
     for full in sorted(glob.glob(os.path.join(host_path(driver_root, inner_dir), comp.FIRMWARE_GLOB))):
         name = os.path.basename(full)

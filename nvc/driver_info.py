@@ -6,9 +6,11 @@ on disk, so they are frozen records (nvc.record) with a lossless ``to_dict``/``f
 
 from __future__ import annotations
 
-from typing import Any
-
 from nvc.record import asdict, field, record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @record(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import stat
-from contextlib import contextmanager, suppress
 
 from nvc.debuglog import NULL_LOG, DebugLog
 from nvc.errors import NvcError
@@ -69,34 +68,55 @@ def _check_devices(plan: Plan) -> None:
             raise NvcError("mount", f"unexpected device node: {op.source}")
 
 
-@contextmanager
-def mount_namespace_of(pid: int | None):
-    """Enter ``pid``'s mount namespace for the block, then return to ours (and to our working directory)."""
-    if pid is None:
-        yield
-        return
-    from nvc.sys.namespaces import CLONE_NEWNS, open_ns, setns
+class MountNamespace:
+    """Enter ``pid``'s mount namespace for the block, then return to ours (and to our working directory).
 
-    try:
-        target = open_ns(pid, CLONE_NEWNS)
-    except OSError as exc:
-        raise NvcError("container", f"open failed: /proc/{pid}/ns/mnt: {(exc.strerror or '').lower()}") from None
-    own = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
-    try:
+    A class rather than ``contextlib.contextmanager``: contextlib is not worth its import time on this path."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.fds: list[int] = []
+
+    def __enter__(self) -> None:
+        if self.pid is None:
+            return
+        from nvc.sys.namespaces import CLONE_NEWNS, open_ns, setns
+
         try:
-            setns(target, CLONE_NEWNS)
+            target = open_ns(self.pid, CLONE_NEWNS)
         except OSError as exc:
-            raise NvcError("container", f"mount namespace change failed: {_os_message(exc)}") from None
+            raise NvcError("container", f"open failed: /proc/{self.pid}/ns/mnt: {(exc.strerror or '').lower()}"
+                           ) from None
+        self.fds.append(target)
         try:
-            yield
+            self.fds.append(os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
+            self.fds.append(os.open(".", os.O_PATH | os.O_CLOEXEC))
+            try:
+                setns(target, CLONE_NEWNS)
+            except OSError as exc:
+                raise NvcError("container", f"mount namespace change failed: {_os_message(exc)}") from None
+        except BaseException:
+            self._close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.pid is None:
+            return
+        from nvc.sys.namespaces import CLONE_NEWNS, setns
+
+        try:
+            setns(self.fds[1], CLONE_NEWNS)
+            try:
+                os.fchdir(self.fds[2])
+            except OSError:
+                pass
         finally:
-            setns(own, CLONE_NEWNS)
-            with suppress(OSError):
-                os.fchdir(cwd)
-    finally:
-        for fd in (target, own, cwd):
+            self._close()
+
+    def _close(self) -> None:
+        for fd in self.fds:
             os.close(fd)
+        self.fds.clear()
 
 
 def _mount_table() -> list[tuple[str, str]]:
@@ -268,7 +288,7 @@ def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldca
                 target, [DeviceRule(r.device_type, r.major, r.minor, r.access) for r in rules]
             )
             log.info(f"device cgroup rules added to {target.path}: {', '.join(map(str, cgroup_change.rules))}")
-        with mount_namespace_of(pid):
+        with MountNamespace(pid):
             undo = Undo()
             try:
                 warnings, cache_written = _apply_mounts(plan, proc_contents, undo, log, write_ldcache)
@@ -286,8 +306,10 @@ def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldca
             undo.commit()
     except BaseException:
         if cgroup_change is not None:
-            with suppress(Exception):
+            try:
                 cgroup_change.undo()
+            except Exception:
+                pass
         raise
     finally:
         if ldconfig_fd is not None:

@@ -13,10 +13,10 @@ of every container start and must not import click.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+from nvc import jsonfast
 from nvc.errors import NvcError
 
 PROG = "nvidia-container-runtime-hook"
@@ -63,7 +63,7 @@ def parse_args(argv: list[str]) -> tuple[str | None, bool, str | None]:
 
 def read_state(stream) -> dict:
     try:
-        state = json.load(stream)
+        state = jsonfast.load(stream)
     except (ValueError, UnicodeDecodeError) as exc:
         raise NvcError("input", f"failed to decode container state: {exc}") from None
     if not isinstance(state, dict):
@@ -76,7 +76,7 @@ def load_spec(bundle: str) -> dict:
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
-            spec = json.load(f)
+            spec = jsonfast.loads(f.read())
     except OSError as exc:
         raise NvcError("input", f"failed to read OCI spec: {path}: {(exc.strerror or '').lower()}") from None
     except (ValueError, UnicodeDecodeError) as exc:

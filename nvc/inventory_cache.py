@@ -33,9 +33,7 @@ Entry format (``<sha256 of the key>.json``)::
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import TYPE_CHECKING, Any
 
 from nvc.nvml.cache import (
     DEFAULT_CACHE_DIR,
@@ -48,7 +46,10 @@ from nvc.nvml.cache import (
 )
 from nvc.rootpath import RootPathError, host_path, resolve_in_root
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
+    from typing import Any
+
     from nvc.discovery import DriverFiles
 
 FORMAT = 1
@@ -96,8 +97,10 @@ class InventoryCache:
             if dir_fd is None:
                 return None
             self = cls(dir_fd, driver_root, key, env)
-            with contextlib.suppress(Exception):
+            try:
                 self.entry = self._load()
+            except Exception:
+                pass
             return self
         except Exception:  # RootPathError, OSError, or a surprise: no caching this time
             if dir_fd is not None:
@@ -180,8 +183,10 @@ class InventoryCache:
 
     def store(self, nvml_library: str, files: DriverFiles, lookup_paths: set[str]) -> None:
         """Record a successful discovery. ``lookup_paths``: in-root paths the lookups started from (cache entries)."""
-        with contextlib.suppress(Exception):
+        try:
             self._store(nvml_library, files, lookup_paths)
+        except Exception:
+            pass
 
     def _store(self, nvml_library: str, files: DriverFiles, lookup_paths: set[str]) -> None:
         import json
@@ -220,8 +225,10 @@ class InventoryCache:
         paths = set()
         for inner in dirs:
             paths.add(host_path(root, inner))  # the name looked up (a symlink re-pointed is noticed)
-            with contextlib.suppress(RootPathError):
+            try:
                 paths.add(host_path(root, resolve_in_root(root, inner)))  # the directory read
+            except RootPathError:
+                pass
         for path in sorted(paths):
             try:
                 st = os.lstat(path)

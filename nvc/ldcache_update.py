@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
 
 from nvc.debuglog import DebugLog
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 CACHE = "/etc/ld.so.cache"
 _MAX_CACHE = 64 << 20

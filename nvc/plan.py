@@ -13,7 +13,6 @@ its node and /proc dir, MIG capabilities, IMEX channels, and finally the ld.so.c
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 from nvc import components as comp
 from nvc import device_nodes
@@ -27,6 +26,10 @@ from nvc.proc_driver import proc_bus_id
 from nvc.record import field, record
 from nvc.request import ConfigureRequest
 from nvc.rootpath import host_path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 PROC_DRIVER_FILES = ("params", "version", "registry")
 APP_PROFILES_DIR = "/etc/nvidia/nvidia-application-profiles-rc.d"

@@ -16,7 +16,10 @@ base classes. The generated methods behave like dataclasses' (same argument erro
 
 from __future__ import annotations
 
-from operator import attrgetter as _attrgetter
+try:  # the C implementation behind operator.attrgetter, without operator.py's own start-up cost
+    from _operator import attrgetter as _attrgetter
+except ImportError:  # another interpreter
+    from operator import attrgetter as _attrgetter
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing would cost more than this whole module
 if TYPE_CHECKING:

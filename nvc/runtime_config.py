@@ -14,12 +14,17 @@ apply when it is not. Only :func:`load_config` touches the filesystem; :func:`pa
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from typing import Any, get_type_hints
 
 from nvc.components import ALL_CAPABILITIES, Capability
 from nvc.errors import NvcError
 from nvc.record import field, fields, is_record, record, replace
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the hook imports this module, and typing costs ~10 ms there
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    PathExists = Callable[[str], bool]
 
 CONFIG_PATH_ENV = "NVIDIA_CTK_CONFIG_FILE_PATH"
 XDG_CONFIG_HOME_ENV = "XDG_CONFIG_HOME"
@@ -28,8 +33,6 @@ DEFAULT_CONFIG_PATH = "/etc/" + RELATIVE_CONFIG_PATH
 
 DEFAULT_LDCONFIG = "@/sbin/ldconfig"
 CUDA_COMPAT_MODES = ("disabled", "hook", "ldconfig", "mount")
-
-PathExists = Callable[[str], bool]
 
 
 @record(frozen=True)
@@ -362,7 +365,6 @@ def config_from_dict(data: Any, cls: type = RuntimeConfig) -> Any:
 def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
     """Fill a config record from a TOML table: known keys are type-checked, missing keys keep their default,
     unknown keys are ignored. Values needing more than a type check are finished in :func:`_finish`."""
-    hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     for item in fields(cls):
         if (cls, item.name) in _NOT_IN_FILE:
@@ -372,7 +374,7 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
             continue
         value = table[toml_key]
         dotted = prefix + toml_key
-        hint = str if (cls, item.name) in _TOML_STRING_FIELDS else hints[item.name]
+        hint = str if (cls, item.name) in _TOML_STRING_FIELDS else _field_type(cls, item.name)
         if is_record(hint):
             if not isinstance(value, dict):
                 raise _ConfigValueError(f"{dotted}: expected a table, got {_toml_type(value)}")
@@ -390,6 +392,29 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
                 raise _ConfigValueError(f"{dotted}: expected an array of strings, got {_toml_type(value)}")
             values[item.name] = tuple(value)
     return cls(**values)
+
+
+# The annotations (strings: ``from __future__ import annotations``) a TOML-backed field may have, resolved without
+# typing.get_type_hints (the hook must not import typing); a record-typed field names a record class of this module.
+_ANNOTATION_TYPES: dict[str, type] = {"bool": bool, "str": str, "tuple[str, ...]": tuple}
+
+
+def _field_type(cls: type, name: str) -> type:
+    """The type :func:`_build` checks field ``name`` of ``cls`` against: bool, str, tuple (of str) or a record."""
+    annotation = None
+    for klass in cls.__mro__:
+        annotation = vars(klass).get("__annotations__", {}).get(name)
+        if annotation is not None:
+            break
+    if not isinstance(annotation, str):
+        raise TypeError(f"{cls.__name__}.{name}: unsupported annotation {annotation!r}")
+    annotation = annotation.strip()
+    hint = _ANNOTATION_TYPES.get(annotation)
+    if hint is None:
+        hint = globals().get(annotation)
+        if not (isinstance(hint, type) and is_record(hint)):
+            raise TypeError(f"{cls.__name__}.{name}: unsupported annotation {annotation!r}")
+    return hint
 
 
 def _finish(config: RuntimeConfig, document: Mapping[str, Any]) -> RuntimeConfig:

@@ -46,18 +46,19 @@ lacks (a stale cache stays stale apart from the additions; ldconfig would rescan
 from __future__ import annotations
 
 import bisect
-import glob
 import os
 import posixpath
-import re
 import stat
 import struct
 import sys
-from collections.abc import Iterable, Sequence
 
 from nvc.ldcache import format as fmt
 from nvc.ldcache.reader import CacheEntry, LdCache, parse_cache
 from nvc.record import record, replace
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "LAYOUTS",
@@ -100,8 +101,9 @@ _HOST_ENDIAN = fmt.ENDIAN_LITTLE if sys.byteorder == "little" else fmt.ENDIAN_BI
 _UNSIGNED_CHAR_MACHINES = ("aarch64", "arm", "ppc", "powerpc", "s390", "riscv")
 _CHAR_IS_SIGNED = not os.uname().machine.lower().startswith(_UNSIGNED_CHAR_MACHINES)
 
-_LIBCMP_TOKEN = re.compile(rb"[0-9]+|[^0-9]")
-_LIBCMP_DIGITS = re.compile(rb"([0-9]+)")
+#: Byte -> b"1" for an ASCII digit, b"0" otherwise: digit runs are then found with bytes.find, in C (no ``re`` on
+#: the hook path: importing it costs about 5 ms per container start).
+_DIGIT_MASK = bytes(0x31 if 0x30 <= c <= 0x39 else 0x30 for c in range(256))
 
 
 def _encode(text: str) -> bytes:
@@ -131,14 +133,31 @@ def libcmp_key(name: str | bytes) -> tuple[int, ...]:
     """
     raw = _encode(name) if isinstance(name, str) else name
     out: list[int] = []
-    for token in _LIBCMP_TOKEN.findall(raw):
-        first = token[0]
-        if 0x30 <= first <= 0x39:
-            out += (1, _int32(int(token)))
+    for index, part in enumerate(_split_digit_runs(raw)):
+        if index % 2:
+            out += (1, _int32(int(part)))
         else:
-            out += (0, first - 256 if _CHAR_IS_SIGNED and first >= 0x80 else first)
+            for byte in part:
+                out += (0, byte - 256 if _CHAR_IS_SIGNED and byte >= 0x80 else byte)
     out += (0, 0)
     return tuple(out)
+
+
+def _split_digit_runs(raw: bytes) -> list[bytes]:
+    """``re.split(rb"([0-9]+)", raw)``: non-digit parts (maybe empty) alternating with ASCII digit runs."""
+    find = raw.translate(_DIGIT_MASK).find
+    parts: list[bytes] = []
+    position = 0
+    while True:
+        start = find(b"1", position)
+        if start < 0:
+            parts.append(raw[position:])
+            return parts
+        end = find(b"0", start)
+        if end < 0:
+            end = len(raw)
+        parts += (raw[position:start], raw[start:end])
+        position = end
 
 
 #: Byte -> 127 - (its C char value): a byte order that reverses _dl_cache_libcmp's char order, end (0) -> 127.
@@ -151,14 +170,24 @@ def _descending_libcmp_key(raw: bytes) -> tuple[int, ...]:
     Same structure as libcmp_key with every comparison reversed: each non-digit byte is one value (reversed char
     order), a digit run is ``(-1, -number)`` (below any byte, larger numbers first), and the end is 127.
     """
+    # The loop of _split_digit_runs inlined: this runs for every entry of the cache on each merge (hot path).
+    find = raw.translate(_DIGIT_MASK).find
     out: list[int] = []
-    for index, part in enumerate(_LIBCMP_DIGITS.split(raw)):
-        if index % 2:
-            out += (-1, -_int32(int(part)))
-        elif part:
-            out += part.translate(_DESCENDING_CHAR)
-    out.append(127)
-    return tuple(out)
+    position = 0
+    while True:
+        start = find(b"1", position)
+        if start < 0:
+            out += raw[position:].translate(_DESCENDING_CHAR)
+            out.append(127)
+            return tuple(out)
+        if start > position:
+            out += raw[position:start].translate(_DESCENDING_CHAR)
+        end = find(b"0", start)
+        if end < 0:
+            end = len(raw)
+        number = int(raw[start:end])
+        out += (-1, -(_int32(number) if end - start > 9 else number))  # up to 9 digits never wrap
+        position = end
 
 
 def dl_cache_libcmp(left: str | bytes, right: str | bytes) -> int:
@@ -751,6 +780,67 @@ def _read_small_file(path: str) -> bytes | None:
         os.close(fd)
 
 
+def _glob_names(directory: str, pattern: str) -> list[str]:
+    """The names in ``directory`` matching the shell pattern ``pattern`` (no ``/``), sorted (C order).
+
+    The same list as ``[os.path.basename(p) for p in sorted(glob.glob(os.path.join(glob.escape(directory),
+    pattern)))]``: ``*`` and ``?`` are matched here (the usual ``include /etc/ld.so.conf.d/*.conf``) because
+    importing glob (re, fnmatch) costs the OCI hook milliseconds; ``[...]`` sets, an empty pattern and a directory
+    whose name itself holds glob characters (never seen in practice) go to glob itself.
+    """
+    if not pattern or "[" in pattern or "*" in directory or "?" in directory or "[" in directory:
+        import glob
+
+        matches = sorted(glob.glob(os.path.join(glob.escape(directory), pattern)))
+        return [os.path.basename(match) for match in matches]
+    if "*" not in pattern and "?" not in pattern:  # a plain name: glob only checks that it exists
+        return [pattern] if os.path.lexists(os.path.join(directory, pattern)) else []
+    try:
+        with os.scandir(directory or ".") as entries:
+            names = [entry.name for entry in entries]
+    except OSError:
+        return []
+    if not pattern.startswith("."):  # glob's * and ? never match a leading dot unless the pattern has one
+        names = [name for name in names if not name.startswith(".")]
+    return sorted(name for name in names if _wildcard_match(pattern, name))
+
+
+def _wildcard_match(pattern: str, name: str) -> bool:
+    """fnmatch's ``*`` (any run, newlines too) and ``?`` (any one character) semantics; other characters literal.
+
+    Splitting at ``*`` leaves fixed-length pieces: the first must match at the start, the last at the end, and
+    each one between at its leftmost place after the previous (leftmost is never worse for what follows).
+    """
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return len(name) == len(pattern) and _piece_at(pattern, name, 0)
+    first, last = pieces[0], pieces[-1]
+    if len(first) + len(last) > len(name) or not _piece_at(first, name, 0):
+        return False
+    end = len(name) - len(last)
+    if not _piece_at(last, name, end):
+        return False
+    position = len(first)
+    for piece in pieces[1:-1]:
+        while True:
+            if position + len(piece) > end:
+                return False
+            if _piece_at(piece, name, position):
+                break
+            position += 1
+        position += len(piece)
+    return True
+
+
+def _piece_at(piece: str, name: str, position: int) -> bool:
+    """``piece`` (``?`` matching any character) equals ``name[position:position + len(piece)]``."""
+    if "?" not in piece:
+        return name.startswith(piece, position)
+    if position + len(piece) > len(name):
+        return False
+    return all(p == "?" or p == c for p, c in zip(piece, name[position : position + len(piece)], strict=True))
+
+
 def _conf_lines(root: str, conf: str, budget: list[int], depth: int = 0) -> list[str]:
     """Directory lines of ld.so.conf ``conf`` (a path inside ``root``), ``include`` globs expanded in C order."""
     real = _resolve_in_root(root, conf)
@@ -766,7 +856,7 @@ def _conf_lines(root: str, conf: str, budget: list[int], depth: int = 0) -> list
         if not line:
             continue
         if line.startswith("include") and line[7:8] in (" ", "\t"):
-            for pattern in re.split(r"[ \t]", line[8:]):
+            for pattern in line[8:].replace("\t", " ").split(" "):
                 if not pattern:
                     continue
                 if not pattern.startswith("/"):
@@ -775,9 +865,8 @@ def _conf_lines(root: str, conf: str, budget: list[int], depth: int = 0) -> list
                 if base is None:
                     continue
                 host_dir = os.path.join(root, base.lstrip("/"))
-                matches = sorted(glob.glob(os.path.join(glob.escape(host_dir), posixpath.basename(pattern))))
-                for match in matches:
-                    inside = posixpath.join(base, os.path.basename(match))
+                for name in _glob_names(host_dir, posixpath.basename(pattern)):
+                    inside = posixpath.join(base, name)
                     out.extend(_conf_lines(root, inside, budget, depth + 1))
         elif line[:5].lower() == "hwcap" and line[5:6] in (" ", "\t"):
             continue

@@ -6,8 +6,7 @@ never loads pynvml or any driver library.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from nvc.nvml.query import BRAND_NAMES, DEFAULT_TIMEOUT, NOBODY, format_cuda_version, query_driver
 

@@ -34,16 +34,16 @@ File format (``<sha256 of the key>.json``)::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from typing import TYPE_CHECKING, Any
 
 from nvc.proc_driver import parse_nvrm_version, proc_bus_id
 from nvc.rootpath import host_path
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from nvc.driver_info import DriverInfo
 
@@ -113,8 +113,10 @@ def cached_query(
         if cached is not None:
             return cached
         info = query()  # its errors are the caller's
-        with contextlib.suppress(Exception):
+        try:
             _store(dir_fd, state, info)
+        except Exception:
+            pass
         return info
     finally:
         os.close(dir_fd)
@@ -134,9 +136,9 @@ class _State:
 
 def entry_name(key: dict[str, Any]) -> str:
     """The file name of the entry for ``key``: the SHA-256 of its canonical JSON, ``.json``."""
-    import json
+    from nvc import jsonfast
 
-    return sha256_hex(json.dumps(key, sort_keys=True).encode()) + _ENTRY_SUFFIX
+    return sha256_hex(jsonfast.dumps(key, sort_keys=True).encode()) + _ENTRY_SUFFIX
 
 
 def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None) -> _State | None:
@@ -292,13 +294,13 @@ def read_private_file(dir_fd: int, name: str) -> bytes | None:
 
 def read_json_entry(dir_fd: int, name: str) -> dict[str, Any] | None:
     """:func:`read_private_file` decoded as a JSON object; ``None`` when unsafe, missing or not an object."""
-    import json
+    from nvc import jsonfast
 
     data = read_private_file(dir_fd, name)
     if data is None:
         return None
     try:
-        entry = json.loads(data)
+        entry = jsonfast.loads(data)
     except ValueError:
         return None
     return entry if isinstance(entry, dict) else None
@@ -363,5 +365,7 @@ def _prune(dir_fd: int, keep: str) -> None:
 
 
 def _unlink(dir_fd: int, name: str) -> None:
-    with contextlib.suppress(OSError):
+    try:
         os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass

@@ -14,10 +14,13 @@ the system calls exist since Linux 5.2-5.12 whatever the libc.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
-import threading
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 # The mount-API and openat2 numbers were allocated after the per-architecture tables were unified (Linux 5.1+):
 # they are the same on every architecture below (alpha, ia64 and mips use offsets; we do not support them).
@@ -36,7 +39,7 @@ _SUPPORTED_MACHINES = frozenset(
 )
 
 _numbers: dict[str, int] = {}  # syscall_number() results, cached per process
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()  # threading.Lock() without importing threading
 _state: tuple[Any, Any] | None = None
 
 

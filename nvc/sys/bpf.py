@@ -19,10 +19,13 @@ import errno as _errno
 import os
 import struct
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
 
 from nvc.record import record
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
 
 # --- bpf(2) commands, program/attach types and flags (include/uapi/linux/bpf.h) -----------------------------------
 BPF_PROG_LOAD = 5

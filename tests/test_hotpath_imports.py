@@ -1,0 +1,130 @@
+"""The two container-start paths import nothing they do not use (issue 6).
+
+Every container start on a GPU host runs one of them: our hook (docker --gpus, podman, CRI-O) or
+``nvidia-container-cli configure`` (runsc --nvproxy, containerd ``ctr --gpus``). Each stdlib module below costs
+2-10 ms of start-up under ``python -I -S`` on a small machine (json 7.5, typing 9.6, shutil 8, re 5.5, enum 4,
+threading 3.6, signal 4), so a warm run — NVML answer, inventory and config.toml parse cached — must not load
+any of them, nor click, pyelftools, pynvml or tomllib.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+FORBIDDEN = (
+    "json", "re", "enum", "typing", "collections", "functools", "contextlib", "shutil", "glob", "fnmatch",
+    "threading", "signal", "subprocess", "dataclasses", "inspect", "hashlib", "pathlib", "logging", "tomllib",
+    "click", "elftools", "pynvml", "ctypes", "argparse", "tempfile", "random", "weakref", "copy", "string",
+)  # fmt: skip
+
+REPORT = (
+    "import atexit, sys\n"
+    "def _report():\n"
+    f"    bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
+    "    sys.stderr.write('FORBIDDEN-IMPORTS:' + ','.join(bad) + '\\n')\n"
+    "atexit.register(_report)\n"
+)
+
+
+def _launcher_path() -> list[str]:
+    from fixtures.tools import _site_dirs
+
+    return [str(REPO), *_site_dirs()]
+
+
+def _bundle(tmp_path: Path) -> Path:
+    """A minimal image with an ldconfig (so the in-process cache writer runs) and no ld.so.cache yet."""
+    bundle = tmp_path / "bundle"
+    rootfs = bundle / "rootfs"
+    for d in ("usr/lib64", "usr/bin", "sbin", "dev", "proc", "etc"):
+        (rootfs / d).mkdir(parents=True)
+    (rootfs / "sbin/ldconfig").write_bytes(b"")
+    spec = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "mounts": [],
+            "process": {"env": ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]}}  # fmt: skip
+    (bundle / "config.json").write_text(json.dumps(spec))
+    return bundle
+
+
+def _run_in_held_namespace(argv_for_pid, stdin_for_pid, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "600"])
+    try:
+        while os.readlink(f"/proc/{holder.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            time.sleep(0.01)
+        return subprocess.run(argv_for_pid(holder.pid), capture_output=True, text=True, env=env, cwd=cwd,
+                              input=stdin_for_pid(holder.pid), timeout=120, check=False)  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _forbidden(stderr: str) -> list[str]:
+    line = next(line for line in stderr.splitlines() if line.startswith("FORBIDDEN-IMPORTS:"))
+    return [m for m in line.split(":", 1)[1].split(",") if m]
+
+
+@pytest.mark.root
+def test_warm_hook_run_imports_nothing_heavy(tmp_path, host, tools):
+    _, env = tools
+    bundle = _bundle(tmp_path)
+    code = (f"import sys; sys.path[:0] = {_launcher_path()!r}; sys.argv[0] = 'nvidia-container-runtime-hook'\n"
+            f"{REPORT}from nvc.hook import main; sys.exit(main(['prestart']))")  # fmt: skip
+    for attempt in range(2):  # the first run fills the NVML and inventory caches; the second is a usual start
+        res = _run_in_held_namespace(
+            lambda _pid: [sys.executable, "-I", "-S", "-c", code],
+            lambda pid: json.dumps({"pid": pid, "bundle": str(bundle)}), env, bundle,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        if attempt:
+            assert _forbidden(res.stderr) == [], res.stderr
+    assert (bundle / "rootfs/etc/ld.so.cache").exists()  # the cache writer did run
+
+
+@pytest.mark.root
+def test_warm_cli_configure_imports_nothing_heavy(tmp_path, host, tools):
+    _, env = tools
+    bundle = _bundle(tmp_path)
+    code = (f"import sys; sys.path[:0] = {_launcher_path()!r}; sys.argv[0] = 'nvidia-container-cli'\n"
+            f"{REPORT}from nvc.argv import main; sys.exit(main())")  # fmt: skip
+    for attempt in range(2):
+        res = _run_in_held_namespace(
+            lambda pid: [sys.executable, "-I", "-S", "-c", code, "--load-kmods", "configure", "--device=0",
+                         "--compute", "--utility", f"--pid={pid}", str(bundle / "rootfs")],
+            lambda _pid: "", env, bundle,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        if attempt:
+            assert _forbidden(res.stderr) == [], res.stderr
+    assert (bundle / "rootfs/etc/ld.so.cache").exists()
+
+
+@pytest.mark.root
+def test_not_a_gpu_container_imports_almost_nothing(tmp_path, tools):
+    """The common case on a shared host: a container that asks for no GPU costs an interpreter and a JSON read."""
+    _, env = tools
+    bundle = _bundle(tmp_path)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["env"] = ["PATH=/bin"]
+    (bundle / "config.json").write_text(json.dumps(spec))
+    code = (f"import sys; sys.path[:0] = {_launcher_path()!r}; sys.argv[0] = 'nvidia-container-runtime-hook'\n"
+            "import atexit\n"
+            "atexit.register(lambda: sys.stderr.write('NVC-MODULES:' + ','.join(sorted(m for m in sys.modules "
+            "if m.startswith('nvc'))) + '\\n'))\n"
+            f"{REPORT}from nvc.hook import main; sys.exit(main(['prestart']))")  # fmt: skip
+    res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, env=env,
+                         input=json.dumps({"pid": os.getpid(), "bundle": str(bundle)}), timeout=60,
+                         check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert _forbidden(res.stderr) == [], res.stderr
+    nvc_line = next(line for line in res.stderr.splitlines() if line.startswith("NVC-MODULES:"))
+    loaded = set(nvc_line.split(":", 1)[1].split(","))
+    assert not loaded & {"nvc.configure", "nvc.executor", "nvc.plan", "nvc.inventory", "nvc.cgroups",
+                         "nvc.container_fs", "nvc.sys.mount", "nvc.ldcache"}, loaded  # fmt: skip

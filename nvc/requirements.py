@@ -16,11 +16,14 @@ after NVML answered, where NVIDIA does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-from nvc.driver_info import DriverInfo, GpuInfo
 from nvc.errors import NvcError
+from nvc.record import record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from nvc.driver_info import DriverInfo, GpuInfo
 
 MAX_REQUIREMENTS = 32  # libnvidia-container's ``char *reqs[32]``
 
@@ -39,7 +42,7 @@ class _InvalidExpression(Exception):
     """A condition NVIDIA's evaluator answers with -1 (``invalid expression``)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Condition:
     """One ``name op value`` as written. ``valid`` is False when it does not parse or names no rule: NVIDIA only
     notices that when the evaluation reaches it, so the condition is kept and fails then."""
@@ -56,7 +59,7 @@ class Condition:
         return self.name in DEVICE_RULES
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Requirement:
     """One ``--require`` expression: ``terms`` are OR'ed, the conditions inside a term AND'ed.
 
@@ -66,7 +69,7 @@ class Requirement:
     terms: tuple[tuple[Condition, ...], ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Requirements:
     """All ``--require`` expressions of one configure call, in command-line order."""
 

@@ -49,7 +49,8 @@ def _bundle(tmp_path: Path) -> Path:
         (rootfs / d).mkdir(parents=True)
     (rootfs / "sbin/ldconfig").write_bytes(b"")
     spec = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "mounts": [],
-            "process": {"env": ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]}}  # fmt: skip
+            "process": {"env": ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+                                "NVIDIA_REQUIRE_CUDA=cuda>=9.0 brand=tesla,driver>=470,driver<471"]}}  # fmt: skip
     (bundle / "config.json").write_text(json.dumps(spec))
     return bundle
 

@@ -6,9 +6,12 @@ and with 8 GPUs selected, prints medians of N alternating rounds of:
   - hook latency: `nvidia-container-runtime-hook prestart` from state on stdin to exit, for a fresh container
     (a held mount namespace + a fresh busybox rootfs copy each time);
   - `runc run /bin/true` on the busybox bundle: no hook; our hook (in-process, writing ld.so.cache itself);
-    containerd's `oci-hook` exec'ing our `nvidia-container-cli configure` the way `ctr run --gpus` (and runsc)
-    do; our hook exec'ing the container's ldconfig instead (NVC_EXEC_LDCONFIG=1) — with the added time as a
-    ratio of the no-hook start (issue target: <= 0.50, NVIDIA's C tool in the same harness).
+    a shell hook exec'ing our `nvidia-container-cli configure` with the state's pid and rootfs (the harness the
+    C tool's figure comes from: NVIDIA's Go hook and runsc exec the CLI the same way); containerd's `oci-hook`
+    exec'ing our CLI, exactly what `ctr run --gpus` registers; our hook exec'ing the container's ldconfig
+    instead (NVC_EXEC_LDCONFIG=1); and two floors no implementation in Python (resp. behind containerd) can go
+    below: `python -I -S` reading the state, and containerd's oci-hook exec'ing /bin/true — each with the added
+    time as a ratio of the no-hook start (issue target: <= 0.50, NVIDIA's C tool in the same harness).
 
 Usage: python bench/bench_hook.py [-n ROUNDS] [--gpus 1,8]
 """
@@ -62,11 +65,34 @@ def hook_once(work: Path, env: dict[str, str], base_rootfs: Path) -> float:
         safe_rmtree(bundle)
 
 
+SHELL_HOOK = """#!/bin/sh
+# The C tool's harness: a shell hook that takes pid and bundle from the state and execs the CLI, as NVIDIA's Go
+# hook (and runsc) do. Parameter expansion only: runc writes the state as one compact JSON line.
+state=$(cat)
+pid=${state#*\\"pid\\":}; pid=${pid%%[!0-9]*}
+bundle=${state#*\\"bundle\\":\\"}; bundle=${bundle%%\\"*}
+exec nvidia-container-cli --load-kmods configure --device="$NVC_BENCH_DEVICES" --compute --utility \\
+    --pid="$pid" "$bundle/rootfs"
+"""
+
+
 def hook_entries(env: dict[str, str], kind: str) -> dict | None:
     """The prestart hook of each variant, as a runtime would register it."""
     bindir = Path(env["PATH"].split(":")[0])
     if kind == "none":
         return None
+    if kind == "floor-python":  # the interpreter alone, reading the state: what any Python hook pays
+        code = "import sys; sys.stdin.read()"
+        return {"prestart": [{"path": sys.executable, "args": ["python", "-I", "-S", "-c", code]}]}
+    if kind == "floor-containerd":  # containerd's oci-hook exec'ing /bin/true: what `ctr --gpus` pays anyway
+        containerd = shutil.which("containerd") or "/usr/bin/containerd"
+        return {"prestart": [{"path": containerd, "args": ["containerd", "oci-hook", "--", "/bin/true"]}]}
+    if kind == "cli-sh":
+        script = bindir / "nvc-bench-cli-hook"
+        if not script.exists():
+            script.write_text(SHELL_HOOK)
+            script.chmod(0o755)
+        return {"prestart": [{"path": str(script)}]}  # no "env": runc hands hooks its own environment
     if kind == "cli":  # containerd's `ctr run --gpus`: its oci-hook fills pid/rootfs and execs our CLI
         containerd = shutil.which("containerd") or "/usr/bin/containerd"
         args = ["containerd", "oci-hook", "--", str(bindir / "nvidia-container-cli"), "--load-kmods", "configure",
@@ -101,8 +127,15 @@ def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, kind: str) -> 
         safe_rmtree(bundle)
 
 
-KINDS = {"none": "no hook", "hook": "our hook (in-process)", "cli": "containerd oci-hook -> our CLI configure",
-         "exec-ldconfig": "our hook, exec'ing ldconfig"}
+KINDS = {
+    "none": "no hook",
+    "hook": "our hook (in-process)",
+    "cli-sh": "shell hook -> our CLI configure",
+    "cli": "containerd oci-hook -> our CLI configure",
+    "exec-ldconfig": "our hook, exec'ing ldconfig",
+    "floor-python": "floor: python -I -S reading the state",
+    "floor-containerd": "floor: containerd oci-hook -> /bin/true",
+}
 
 
 def gpus(count: int) -> list[dict]:
@@ -145,8 +178,8 @@ def main() -> int:
             for kind, label in KINDS.items():
                 med = statistics.median(runc_samples[kind])
                 added = med - base_ms
-                ratio = "" if kind == "none" else f"   added {added:6.1f} ms, ratio {added / base_ms:.2f}"
-                print(f"  runc run /bin/true: {med:6.1f} ms  {label}{ratio}")
+                ratio = "" if kind == "none" else f"  added {added:5.1f} ms, ratio {added / base_ms:.2f}"
+                print(f"  runc run /bin/true: {med:6.1f} ms  {label:42s}{ratio}")
     finally:
         safe_rmtree(work)
     return 0

@@ -137,10 +137,11 @@ def _mount_table() -> list[tuple[str, str]]:
     return table
 
 
-def _fs_type(host_path: str) -> str | None:
-    """File system type of the mount that holds ``host_path`` (the last, i.e. top, mount of the longest prefix)."""
+def _fs_type(host_path: str, table: list[tuple[str, str]]) -> str | None:
+    """File system type of the mount that holds ``host_path`` (the last, i.e. top, mount of the longest prefix)
+    in ``table`` (:func:`_mount_table`)."""
     best: tuple[int, str] | None = None
-    for point, fstype in _mount_table():
+    for point, fstype in table:
         prefix = point.rstrip("/") + "/"
         if (host_path == point or host_path.startswith(prefix)) and (best is None or len(point) >= best[0]):
             best = (len(point), fstype)
@@ -216,13 +217,14 @@ def root_resolve(inner: str, rootfs: str) -> str:
 def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str], skipped: set[str]) -> None:
     if isinstance(op, Tmpfs):
         target_host = root.host_path(op.target)
-        if root.lstat(op.target) is None and _fs_type(os.path.dirname(target_host)) == "proc":
+        table = _mount_table()
+        if root.lstat(op.target) is None and _fs_type(os.path.dirname(target_host), table) == "proc":
             # The container's procfs has no NVIDIA driver directory: nothing to hide or rewrite there (only on a
             # host whose kernel module is not loaded), and procfs cannot take a new one.
             log.warning(f"{op.target} not present in the container's procfs: skipped")
             skipped.add(op.target)
             return
-        if _fs_type(target_host) == "tmpfs" and root.lstat(f"{op.target}/version") is not None:
+        if _fs_type(target_host, table) == "tmpfs" and root.lstat(f"{op.target}/version") is not None:
             log.info(f"skipping {op.target}: already mounted")
             return
         files = proc_contents.get(op.target, {})

@@ -81,9 +81,15 @@ def _parse_ffi() -> Any:
     return ffi
 
 
+_machine: str | None = None  # os.uname().machine, asked once per process
+
+
 def syscall_number(name: str) -> int:
     """The number of a post-5.1 system call on this machine; ``OSError(ENOSYS)`` where we do not know it."""
-    machine = os.uname().machine.lower()
+    global _machine
+    if _machine is None:
+        _machine = os.uname().machine.lower()
+    machine = _machine
     if machine not in _SUPPORTED_MACHINES:
         raise OSError(errno.ENOSYS, f"{name}: unsupported architecture {machine}")
     return _UNIFIED_SYSCALLS[name]

@@ -148,6 +148,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--rounds", type=int, default=15)
     parser.add_argument("--gpus", default="1,8", help="comma-separated GPU counts to run")
+    parser.add_argument("--warmup", type=int, default=3, help="rounds run first and not counted")
     args = parser.parse_args()
     from fixtures.gpu_host import make_gpu_host
     from fixtures.rootfs import busybox_rootfs, safe_rmtree
@@ -157,26 +158,33 @@ def main() -> int:
     os.environ.setdefault("NVC_CACHE_DIR", str(work / "nvml-cache"))
     (work / "nvml-cache").mkdir(mode=0o700)
     base = busybox_rootfs()
-    print(f"median of {args.rounds} alternating rounds, this machine ({os.cpu_count()} cpus)")
+    print(f"median of {args.rounds} alternating rounds after {args.warmup} warm-up rounds, this machine "
+          f"({os.cpu_count()} cpus), {sys.executable} (Python {sys.version.split()[0]})")
+    counts = list(dict.fromkeys(int(c) for c in args.gpus.split(",")))
     try:
-        for count in (int(c) for c in args.gpus.split(",")):
+        envs: dict[int, dict[str, str]] = {}
+        for count in counts:
             host = make_gpu_host(work / f"host{count}", gpus=gpus(count), migs=())
-            env = install_tools(work / f"bin{count}", host)
-            env["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
-            for kind in KINDS:  # warm up: fixtures, page cache, pyc files, the NVML answer cache
-                runc_once(work, env, base, kind)
-            hook_once(work, env, base)
-            hook_samples: list[float] = []
-            runc_samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
-            for _ in range(args.rounds):  # alternate so drift hits every variant alike
-                hook_samples.append(hook_once(work, env, base))
+            envs[count] = install_tools(work / f"bin{count}", host)
+            envs[count]["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
+        for _ in range(args.warmup):  # fixtures, page cache, pyc files, the NVML and inventory answer caches
+            for env in envs.values():
                 for kind in KINDS:
-                    runc_samples[kind].append(runc_once(work, env, base, kind))
+                    runc_once(work, env, base, kind)
+                hook_once(work, env, base)
+        hook_samples: dict[int, list[float]] = {count: [] for count in counts}
+        runc_samples = {count: {kind: [] for kind in KINDS} for count in counts}
+        for _ in range(args.rounds):  # alternate kinds and GPU counts so drift hits every variant alike
+            for count, env in envs.items():
+                hook_samples[count].append(hook_once(work, env, base))
+                for kind in KINDS:
+                    runc_samples[count][kind].append(runc_once(work, env, base, kind))
+        for count in counts:
             print(f"{count} GPU(s) selected:")
-            print(f"  hook latency (state on stdin -> exit): {statistics.median(hook_samples):6.1f} ms")
-            base_ms = statistics.median(runc_samples["none"])
+            print(f"  hook latency (state on stdin -> exit): {statistics.median(hook_samples[count]):6.1f} ms")
+            base_ms = statistics.median(runc_samples[count]["none"])
             for kind, label in KINDS.items():
-                med = statistics.median(runc_samples[kind])
+                med = statistics.median(runc_samples[count][kind])
                 added = med - base_ms
                 ratio = "" if kind == "none" else f"  added {added:5.1f} ms, ratio {added / base_ms:.2f}"
                 print(f"  runc run /bin/true: {med:6.1f} ms  {label:42s}{ratio}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+SETTLE_SECONDS = 0.0  # --settle-ms
+
 PROBE_ENV = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
 
 
@@ -42,7 +45,8 @@ def held_namespace() -> subprocess.Popen:
     return proc
 
 
-def hook_once(work: Path, env: dict[str, str], base_rootfs: Path) -> float:
+def hook_once(work: Path, env: dict[str, str], base_rootfs: Path) -> tuple[float, float]:
+    """(wall ms, CPU ms: user + system of the hook process tree) of one hook run on a fresh container."""
     from fixtures.rootfs import copy_rootfs, safe_rmtree
     from fixtures.runtimes import make_bundle
 
@@ -52,13 +56,17 @@ def hook_once(work: Path, env: dict[str, str], base_rootfs: Path) -> float:
     holder = held_namespace()
     try:
         state = json.dumps({"ociVersion": "1.0.2", "id": "b", "pid": holder.pid, "bundle": str(bundle)})
+        time.sleep(SETTLE_SECONDS)  # let the previous run's asynchronous teardown (mounts, cgroups) finish
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         res = subprocess.run([str(Path(env["PATH"].split(":")[0]) / "nvidia-container-runtime-hook"), "prestart"],
                              input=state, text=True, capture_output=True, env=env, check=False)
         elapsed = (time.perf_counter() - start) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if res.returncode != 0:
             raise SystemExit(f"hook failed: {res.stderr}")
-        return elapsed
+        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+        return elapsed, cpu
     finally:
         holder.kill()
         holder.wait()
@@ -114,6 +122,7 @@ def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, kind: str) -> 
     cid = unique_id("bench")
     run_env = dict(env, NVC_EXEC_LDCONFIG="1") if kind == "exec-ldconfig" else env
     try:
+        time.sleep(SETTLE_SECONDS)  # let the previous run's asynchronous teardown (mounts, cgroups) finish
         start = time.perf_counter()
         res = subprocess.run(["runc", "--root", state_dir, "run", "--bundle", str(bundle), cid],
                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=run_env, check=False)
@@ -149,7 +158,12 @@ def main() -> int:
     parser.add_argument("-n", "--rounds", type=int, default=15)
     parser.add_argument("--gpus", default="1,8", help="comma-separated GPU counts to run")
     parser.add_argument("--warmup", type=int, default=3, help="rounds run first and not counted")
+    parser.add_argument("--settle-ms", type=float, default=0.0,
+                        help="pause before each timed run, so the kernel's asynchronous teardown of the previous "
+                             "container (mount namespaces, cgroups) does not land in the next measurement")
     args = parser.parse_args()
+    global SETTLE_SECONDS
+    SETTLE_SECONDS = args.settle_ms / 1000
     from fixtures.gpu_host import make_gpu_host
     from fixtures.rootfs import busybox_rootfs, safe_rmtree
     from fixtures.tools import install_tools
@@ -158,8 +172,9 @@ def main() -> int:
     os.environ.setdefault("NVC_CACHE_DIR", str(work / "nvml-cache"))
     (work / "nvml-cache").mkdir(mode=0o700)
     base = busybox_rootfs()
-    print(f"median of {args.rounds} alternating rounds after {args.warmup} warm-up rounds, this machine "
-          f"({os.cpu_count()} cpus), {sys.executable} (Python {sys.version.split()[0]})")
+    print(f"median of {args.rounds} alternating rounds after {args.warmup} warm-up rounds, settle "
+          f"{args.settle_ms:g} ms, this machine ({os.cpu_count()} cpus), {sys.executable} "
+          f"(Python {sys.version.split()[0]})")
     counts = list(dict.fromkeys(int(c) for c in args.gpus.split(",")))
     try:
         envs: dict[int, dict[str, str]] = {}
@@ -172,7 +187,7 @@ def main() -> int:
                 for kind in KINDS:
                     runc_once(work, env, base, kind)
                 hook_once(work, env, base)
-        hook_samples: dict[int, list[float]] = {count: [] for count in counts}
+        hook_samples: dict[int, list[tuple[float, float]]] = {count: [] for count in counts}
         runc_samples = {count: {kind: [] for kind in KINDS} for count in counts}
         for _ in range(args.rounds):  # alternate kinds and GPU counts so drift hits every variant alike
             for count, env in envs.items():
@@ -181,7 +196,9 @@ def main() -> int:
                     runc_samples[count][kind].append(runc_once(work, env, base, kind))
         for count in counts:
             print(f"{count} GPU(s) selected:")
-            print(f"  hook latency (state on stdin -> exit): {statistics.median(hook_samples[count]):6.1f} ms")
+            wall = statistics.median(w for w, _ in hook_samples[count])
+            cpu = statistics.median(c for _, c in hook_samples[count])
+            print(f"  hook latency (state on stdin -> exit): {wall:6.1f} ms wall, {cpu:6.1f} ms CPU (user+sys)")
             base_ms = statistics.median(runc_samples[count]["none"])
             for kind, label in KINDS.items():
                 med = statistics.median(runc_samples[count][kind])

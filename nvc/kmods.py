@@ -31,7 +31,12 @@ def _mknod(path: str, major: int, minor: int, log: DebugLog) -> None:
 
 def _which(name: str) -> str | None:
     """``shutil.which(name)`` for a plain name (shutil costs ~8 ms of start-up; this runs on container starts)."""
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+    search = os.environ.get("PATH")
+    if search is None:
+        search = os.defpath
+    if not search:  # PATH set but empty: nothing, as shutil.which (not the current directory)
+        return None
+    for directory in search.split(os.pathsep):
         path = os.path.join(directory or ".", name)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
@@ -46,11 +51,47 @@ def _read_majors(driver_root: str) -> dict[str, int] | None:
         return None
 
 
+def _read_params(driver_root: str) -> dict[str, str]:
+    """``/proc/driver/nvidia/params`` as ``{key: value}`` (empty when unreadable)."""
+    try:
+        with open(host_path(driver_root, comp.PROC_DRIVER + "/params"), encoding="ascii", errors="replace") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return {}
+    params = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            params[key.strip()] = value.strip()
+    return params
+
+
+def _node_ready(path: str, major: int, minor: int, params: dict[str, str]) -> bool:
+    """True when ``path`` is the character device ``major:minor`` with the owner and mode the driver asks for —
+    nothing nvidia-modprobe would create or fix (it also repairs a stale major after a module reload)."""
+    try:
+        st = os.stat(path)  # follows a symlink, as nvidia-modprobe does; a dangling one is not ready
+    except OSError:
+        return False
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(major, minor):
+        return False
+    if params.get("ModifyDeviceFiles", "1") == "0":
+        return True  # the driver leaves existing nodes alone
+    try:
+        mode = int(params.get("DeviceFileMode", "438"))  # decimal in params: 438 = 0o666
+        uid = int(params.get("DeviceFileUID", "0"))
+        gid = int(params.get("DeviceFileGID", "0"))
+    except ValueError:
+        return False
+    return stat.S_IMODE(st.st_mode) == mode and st.st_uid == uid and st.st_gid == gid
+
+
 def load_kernel_modules(driver_root: str, gpu_minors: list[int] | None = None, log: DebugLog = NULL_LOG) -> None:
     """Create the control nodes (and ``/dev/nvidiaN`` for ``gpu_minors``) that are missing.
 
-    When the kernel lists both modules in /proc/devices and every node is there, there is nothing to do — not even
-    exec'ing nvidia-modprobe, which would only confirm it (this runs on every container start)."""
+    When the kernel lists both modules in /proc/devices and every node is there as the right device with the
+    driver's owner and mode, there is nothing to do — not even exec'ing nvidia-modprobe, which would only confirm
+    it (this runs on every container start)."""
     majors = _read_majors(driver_root)
     frontend = uvm = None
     if majors is not None:
@@ -62,11 +103,11 @@ def load_kernel_modules(driver_root: str, gpu_minors: list[int] | None = None, l
         (comp.NVIDIA_UVM, uvm, 0),
         (comp.NVIDIA_UVM_TOOLS, uvm, 1),
     ]
-    if frontend is not None and uvm is not None and all(
-        os.path.lexists(host_path(driver_root, path)) for path, _major, _minor in nodes
-    ):
-        log.info("kernel modules loaded and device nodes present")
-        return
+    if frontend is not None and uvm is not None:
+        params = _read_params(driver_root)
+        if all(_node_ready(host_path(driver_root, path), major, minor, params) for path, major, minor in nodes):
+            log.info("kernel modules loaded and device nodes present")
+            return
     modprobe = _which("nvidia-modprobe") if driver_root == "/" else None
     if modprobe:
         import subprocess

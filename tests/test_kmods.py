@@ -111,3 +111,43 @@ def test_host_root_runs_nvidia_modprobe_from_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["sh", "ls", "definitely-not-a-command-nvc", "python3"])
 def test_which_matches_shutil(name):
     assert kmods._which(name) == shutil.which(name)
+
+
+@pytest.mark.root
+def test_node_ready_means_the_right_device_with_the_drivers_mode(tmp_path):
+    node = tmp_path / "nvidia-uvm"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(510, 0))
+    os.chmod(node, 0o666)
+    assert kmods._node_ready(str(node), 510, 0, {})
+    assert not kmods._node_ready(str(node), 511, 0, {})  # stale major after a module reload: nvidia-modprobe fixes it
+    assert not kmods._node_ready(str(node), 510, 1, {})
+    os.chmod(node, 0o600)
+    assert not kmods._node_ready(str(node), 510, 0, {})  # default DeviceFileMode 0666
+    assert kmods._node_ready(str(node), 510, 0, {"DeviceFileMode": "384"})  # 384 = 0o600
+    assert kmods._node_ready(str(node), 510, 0, {"ModifyDeviceFiles": "0"})  # the driver leaves nodes alone
+    assert not kmods._node_ready(str(node), 510, 0, {"DeviceFileUID": "1000"})
+    os.symlink("nvidia-uvm", tmp_path / "link")
+    assert kmods._node_ready(str(tmp_path / "link"), 510, 0, {"DeviceFileMode": "384"})  # followed, like modprobe
+    os.symlink("/nonexistent", tmp_path / "dangling")
+    assert not kmods._node_ready(str(tmp_path / "dangling"), 510, 0, {})
+    (tmp_path / "file").write_text("")
+    assert not kmods._node_ready(str(tmp_path / "file"), 510, 0, {})
+
+
+@pytest.mark.root
+def test_stale_node_is_not_taken_as_ready(tmp_path):
+    root = _root(tmp_path)
+    kmods.load_kernel_modules(str(root), [0])
+    (root / "proc/devices").write_text(PROC_DEVICES.format(uvm="511 nvidia-uvm"))  # the module was reloaded
+    log = Log()
+    kmods.load_kernel_modules(str(root), [0], log)
+    assert "kernel modules loaded and device nodes present" not in log.lines
+
+
+def test_which_with_an_empty_path_finds_nothing(tmp_path, monkeypatch):
+    (tmp_path / "nvidia-modprobe").write_text("#!/bin/sh\n")
+    (tmp_path / "nvidia-modprobe").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "")
+    assert kmods._which("nvidia-modprobe") is None
+    assert shutil.which("nvidia-modprobe") is None

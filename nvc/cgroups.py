@@ -24,6 +24,7 @@ import os
 from nvc.errors import NvcError
 from nvc.record import field, record
 from nvc.sys import bpf
+from nvc.sys.mount import unescape_mountinfo
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up
 if TYPE_CHECKING:
@@ -184,29 +185,6 @@ def parse_proc_cgroup(text: str) -> list[CgroupLine]:
     return lines
 
 
-_OCTAL_DIGITS = "01234567"
-
-
-def _unescape(field_text: str) -> str:
-    """Decode the kernel's ``\\NNN`` octal escapes: what ``re.sub(r"\\\\([0-7]{3})", ...)`` did, left to right."""
-    start = field_text.find("\\")
-    if start < 0:
-        return field_text
-    out: list[str] = []
-    done = 0  # field_text[:done] is in out
-    while start >= 0:
-        digits = field_text[start + 1 : start + 4]
-        if len(digits) == 3 and not digits.strip(_OCTAL_DIGITS):  # three of [0-7]
-            out.append(field_text[done:start])
-            out.append(chr(int(digits, 8)))
-            done = start + 4
-            start = field_text.find("\\", done)
-        else:
-            start = field_text.find("\\", start + 1)
-    out.append(field_text[done:])
-    return "".join(out)
-
-
 def parse_mountinfo(text: str) -> list[MountInfo]:
     """Parse ``/proc/PID/mountinfo`` (proc(5)): the optional fields end at a lone ``-``."""
     mounts = []
@@ -219,10 +197,10 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
             mounts.append(
                 MountInfo(
                     mount_id=int(fields[0]),
-                    root=_unescape(fields[3]),
-                    mount_point=_unescape(fields[4]),
+                    root=unescape_mountinfo(fields[3]),
+                    mount_point=unescape_mountinfo(fields[4]),
                     fstype=fields[sep + 1],
-                    source=_unescape(fields[sep + 2]),
+                    source=unescape_mountinfo(fields[sep + 2]),
                     super_options=tuple(fields[sep + 3].split(",")) if len(fields) > sep + 3 else (),
                 )
             )

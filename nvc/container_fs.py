@@ -647,12 +647,10 @@ def attach_tree(
 def _read_mounts() -> dict[int, tuple[int, str]]:
     """``{mount id: (parent id, mount point)}`` from /proc/self/mountinfo."""
     mounts: dict[int, tuple[int, str]] = {}
-    with open("/proc/self/mountinfo", "rb") as f:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            fields = line.split(b" ", 5)
-            # Mount points escape space, tab, newline and backslash as \ooo (octal).
-            point = fields[4].decode("unicode_escape").encode("latin-1")
-            mounts[int(fields[0])] = (int(fields[1]), os.fsdecode(point))
+            fields = line.split(" ", 5)
+            mounts[int(fields[0])] = (int(fields[1]), _m.unescape_mountinfo(fields[4]))
     return mounts
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 from nvc.debuglog import NULL_LOG, DebugLog
 from nvc.errors import NvcError
 from nvc.plan import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
+from nvc.sys.mount import unescape_mountinfo
 
 
 def _os_message(exc: OSError) -> str:
@@ -68,10 +70,26 @@ def _check_devices(plan: Plan) -> None:
             raise NvcError("mount", f"unexpected device node: {op.source}")
 
 
+class NoImportsHere(ImportError):
+    """An import attempted inside the container's mount namespace (see :class:`MountNamespace`)."""
+
+
+class _ImportBarrier:
+    """A ``sys.meta_path`` finder that refuses every import: once we are in the container's mount namespace, a
+    module looked up by path could be the container's file (a pivoted root, a path shadowed by its mounts), run
+    with our privileges. Modules already loaded are not affected (they never reach a finder)."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        raise NoImportsHere(f"{name}: not imported inside the container's mount namespace", name=name)
+
+
 class MountNamespace:
     """Enter ``pid``'s mount namespace for the block, then return to ours (and to our working directory).
 
-    A class rather than ``contextlib.contextmanager``: contextlib is not worth its import time on this path."""
+    While inside, imports are refused (:class:`_ImportBarrier`): everything the block runs is loaded on the host
+    side first (:func:`_load_namespace_code`). A class rather than ``contextlib.contextmanager``: contextlib is not
+    worth its import time on this path."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
@@ -98,13 +116,15 @@ class MountNamespace:
         except BaseException:
             self._close()
             raise
+        sys.meta_path.insert(0, _ImportBarrier)
 
     def __exit__(self, *exc_info: object) -> None:
         if self.pid is None:
             return
-        from nvc.sys.namespaces import CLONE_NEWNS, setns
+        from nvc.sys.namespaces import CLONE_NEWNS, setns  # loaded by __enter__: no finder is asked
 
         try:
+            sys.meta_path.remove(_ImportBarrier)
             setns(self.fds[1], CLONE_NEWNS)
             try:
                 os.fchdir(self.fds[2])
@@ -128,10 +148,7 @@ def _mount_table() -> list[tuple[str, str]]:
                 fields = line.split()
                 if len(fields) < 10 or "-" not in fields:
                     continue
-                point = fields[4]
-                if "\\" in point:
-                    point = point.encode("utf-8", "surrogateescape").decode("unicode_escape")
-                table.append((point, fields[fields.index("-") + 1]))
+                table.append((unescape_mountinfo(fields[4]), fields[fields.index("-") + 1]))
     except OSError:
         pass
     return table
@@ -206,6 +223,9 @@ def _write_ldcache(root, plan: Plan, op: UpdateLdCache, undo, log: DebugLog) -> 
         return update_ldcache(root, plan.rootfs, libraries, op.directories, undo, log)
     except OSError as exc:
         raise NvcError("ldcache", f"cache update failed: {_os_message(exc)}") from None
+    except NoImportsHere as exc:  # a rare case needing code not loaded up front (e.g. an ld.so.conf glob with [...])
+        log.info(f"in-process ld.so.cache update needs {exc.name}: falling back to ldconfig")
+        return False
 
 
 def root_resolve(inner: str, rootfs: str) -> str:
@@ -266,6 +286,17 @@ def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str]
         log.info(f"creating symlink {root.host_path(op.target)} -> {op.value}")
 
 
+def _load_namespace_code(ldconfig: bool, write_ldcache: bool) -> None:
+    """Import, while we still see the host, every module the steps inside the container's namespace use."""
+    modules = ["nvc.container_fs"]
+    if ldconfig:
+        modules.append("nvc.rootpath")  # run_ldconfig
+    if ldconfig and write_ldcache:
+        modules += ["nvc.ldcache_update", "nvc.ldcache.writer", "nvc.elf", "nvc.atomic_write"]
+    for name in modules:
+        __import__(name)
+
+
 def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldcache: bool = True) -> list[str]:
     """Apply ``plan`` to the container of ``pid`` (None: in our own mount namespace); returns warnings.
 
@@ -279,6 +310,7 @@ def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldca
     _check_devices(plan)
     ld_ops = plan.of_type(UpdateLdCache)
     ldconfig_fd = open_host_ldconfig(ld_ops[0].ldconfig) if ld_ops else None
+    _load_namespace_code(bool(ld_ops), write_ldcache)
     cgroup_change = None
     try:
         rules = plan.of_type(CgroupAllow)

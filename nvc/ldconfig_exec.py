@@ -10,15 +10,21 @@ an image without one is skipped, as NVIDIA does.
 from __future__ import annotations
 
 import os
+import resource  # here, not where ldconfig runs: that is inside the container's mount namespace
+import time
 
 from nvc.errors import NvcError
 from nvc.sys.process import set_no_new_privs
 
 DEFAULT_CANDIDATES = ("/sbin/ldconfig.real", "/sbin/ldconfig")
 TIMEOUT_SECONDS = 30.0
-# (resource.RLIMIT_* name, limit). resource, signal and time are imported where ldconfig actually runs: this module
-# is also loaded on the container-start path, where the in-process cache writer usually makes the exec unnecessary.
-_LIMITS = (("RLIMIT_CPU", 10), ("RLIMIT_FSIZE", 256 * 1024 * 1024), ("RLIMIT_NOFILE", 64), ("RLIMIT_NPROC", 1024))
+_LIMITS = (
+    (resource.RLIMIT_CPU, 10),
+    (resource.RLIMIT_FSIZE, 256 * 1024 * 1024),
+    (resource.RLIMIT_NOFILE, 64),
+    (resource.RLIMIT_NPROC, 1024),
+)
+_SIGKILL = 9  # the same on every Linux architecture; the signal module would pull in enum (~4 ms of start-up)
 
 
 def open_host_ldconfig(spec: str | None) -> int | None:
@@ -60,10 +66,6 @@ def run_ldconfig(
     else:
         display = (spec or "")[1:]
     argv = command_line(display, directories)
-    import resource  # before the fork: after chroot the child cannot import anything
-    import signal
-    import time
-
     pid = os.fork()
     if pid == 0:  # child: never returns
         code = 127
@@ -74,7 +76,7 @@ def run_ldconfig(
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
             for limit, value in _LIMITS:
-                resource.setrlimit(getattr(resource, limit), (value, value))
+                resource.setrlimit(limit, (value, value))
             set_no_new_privs()
             devnull = os.open("/dev/null", os.O_RDWR) if os.path.exists("/dev/null") else None
             if devnull is not None:
@@ -93,7 +95,7 @@ def run_ldconfig(
         if done:
             break
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, _SIGKILL)
             os.waitpid(pid, 0)
             raise NvcError("ldcache", f"process {display} timed out")
         time.sleep(0.002)

@@ -289,3 +289,45 @@ def test_read_only_rootfs_fails_cleanly(host, rootfs, container):
     assert res.stderr.startswith("nvc: mount error: ") and "read-only file system" in res.stderr
     assert mountinfo(container) == before
     assert not any(str(rootfs) in line for line in mountinfo())  # the host never saw any of it
+
+
+def test_nothing_is_imported_inside_the_container_namespace(container):
+    """Inside the container's mount namespace a module found by path could be the container's file: imports are
+    refused there, and work again once we are back."""
+    code = (
+        "import sys\n"
+        "from nvc.executor import MountNamespace, NoImportsHere\n"
+        f"with MountNamespace({container}):\n"
+        "    try:\n"
+        "        import colorsys\n"
+        "    except NoImportsHere as exc:\n"
+        "        print('refused', exc.name)\n"
+        "import colorsys\n"
+        "print('after', colorsys.__name__, MountNamespace.__name__ not in [type(f).__name__ for f in sys.meta_path])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == ["refused colorsys", "after colorsys True"]
+
+
+def test_ld_so_conf_needing_more_code_falls_back_to_ldconfig(host, rootfs, container, tmp_path):
+    """An include pattern our cache writer would need glob for (loaded only on demand, and nothing is imported
+    inside the container's namespace) makes configure run ldconfig instead — and the result is the same."""
+    (rootfs / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/[a-z]*.conf\n")
+    (rootfs / "etc/ld.so.conf.d").mkdir()
+    (rootfs / "etc/ld.so.conf.d/lib64.conf").write_text("/usr/lib64\n")
+    log = tmp_path / "debug.log"
+    env = dict(os.environ, **host.env)
+    warm = configure(host, "--dry-run", "--compute", "--utility", str(rootfs))  # fills the inventory cache: a
+    assert warm.returncode == 0, warm.stderr  # cold one runs discovery, which loads glob on the host side
+    res = subprocess.run([sys.executable, "-m", "nvc", "--root", str(host.root), f"--debug={log}", "configure",
+                          f"--pid={container}", "--compute", "--utility", "--ldconfig=@/sbin/ldconfig",
+                          "--no-cgroups", str(rootfs)], capture_output=True, text=True, env=env, timeout=120,
+                         check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    text = log.read_text()
+    assert "falling back to ldconfig" in text and "executed ldconfig" in text, text
+    view = in_container(container, rootfs)
+    listing = subprocess.run(["/sbin/ldconfig", "-p", "-C", str(view / "etc/ld.so.cache")], capture_output=True,
+                             text=True, check=True).stdout
+    assert "libcuda.so.1 (libc6,x86-64) => /usr/lib64/libcuda.so.1" in listing

@@ -23,6 +23,8 @@ import pytest
 from nvc import cgroups, device_select, proc_driver
 from nvc.cgroups import DeviceRule
 from nvc.ldcache import writer
+from nvc.sys import mount
+from nvc.sys.mount import unescape_mountinfo
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 20240601
@@ -136,7 +138,7 @@ def test_ignorecase_hex_class_is_ascii_only():
 
 
 def test_octal_class():
-    assert chars_matching(r"[0-7]") == set(cgroups._OCTAL_DIGITS)
+    assert chars_matching(r"[0-7]") == set(mount._OCTAL_DIGITS)
 
 
 def test_str_split_uses_the_same_whitespace():
@@ -190,13 +192,13 @@ UNESCAPE_CASES = ["", "plain", "\\", "\\\\", "\\0", "\\04", "\\040", "\\0400", "
 
 @pytest.mark.parametrize("text", UNESCAPE_CASES)
 def test_unescape_matches_regex_edge_cases(text):
-    assert cgroups._unescape(text) == old_unescape(text)
+    assert unescape_mountinfo(text) == old_unescape(text)
 
 
 def test_unescape_matches_regex_generated():
     tokens = ["\\", "\\", "0", "1", "4", "7", "8", "9", "a", " ", "\\040", "\\1", "٠", "/", *TRICKY]
     for text in generated(tokens, 50000, 10):
-        assert cgroups._unescape(text) == old_unescape(text), text
+        assert unescape_mountinfo(text) == old_unescape(text), text
 
 
 def test_mountinfo_paths_unescaped():

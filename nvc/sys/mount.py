@@ -210,3 +210,28 @@ def fd_path(fd: int) -> str:
     The kernel resolves this magic link to the fd's own (mount, dentry), so no path component is re-read.
     """
     return f"/proc/self/fd/{fd}"
+
+
+_OCTAL_DIGITS = "01234567"
+
+
+def unescape_mountinfo(field_text: str) -> str:
+    """A /proc/PID/mountinfo field with the kernel's ``\\NNN`` octal escapes decoded (it escapes space, tab,
+    newline and backslash in paths), left to right — without ``re`` or a codec lookup, so it also works inside a
+    container's mount namespace, where nothing may be imported."""
+    start = field_text.find("\\")
+    if start < 0:
+        return field_text
+    out: list[str] = []
+    done = 0  # field_text[:done] is in out
+    while start >= 0:
+        digits = field_text[start + 1 : start + 4]
+        if len(digits) == 3 and not digits.strip(_OCTAL_DIGITS):  # three of [0-7]
+            out.append(field_text[done:start])
+            out.append(chr(int(digits, 8)))
+            done = start + 4
+            start = field_text.find("\\", done)
+        else:
+            start = field_text.find("\\", start + 1)
+    out.append(field_text[done:])
+    return "".join(out)

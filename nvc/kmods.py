@@ -14,7 +14,7 @@ import stat
 
 from nvc import components as comp
 from nvc.debuglog import NULL_LOG, DebugLog
-from nvc.proc_driver import parse_device_majors
+from nvc.proc_driver import parse_device_majors, parse_params
 from nvc.rootpath import host_path
 
 NODE_MODE = 0o666
@@ -55,15 +55,9 @@ def _read_params(driver_root: str) -> dict[str, str]:
     """``/proc/driver/nvidia/params`` as ``{key: value}`` (empty when unreadable)."""
     try:
         with open(host_path(driver_root, comp.PROC_DRIVER + "/params"), encoding="ascii", errors="replace") as f:
-            text = f.read(1 << 16)
+            return parse_params(f.read(1 << 16))
     except OSError:
         return {}
-    params = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            params[key.strip()] = value.strip()
-    return params
 
 
 def _node_ready(path: str, major: int, minor: int, params: dict[str, str]) -> bool:

@@ -119,6 +119,16 @@ def parse_device_majors(text: str) -> dict[str, int]:
     return majors
 
 
+def parse_params(text: str) -> dict[str, str]:
+    """The driver's ``params`` (``Key: value`` lines) as ``{key: value}``, keys and values stripped."""
+    params = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            params[key.strip()] = value.strip()
+    return params
+
+
 def rewrite_params(text: str) -> str:
     """The driver's ``params`` with ``ModifyDeviceFiles: 0``, so CUDA inside the container never tries to create
     or chmod device nodes (it can't, and must not)."""

@@ -151,3 +151,10 @@ def test_which_with_an_empty_path_finds_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "")
     assert kmods._which("nvidia-modprobe") is None
     assert shutil.which("nvidia-modprobe") is None
+
+
+def test_params_are_read_from_the_driver_root(tmp_path):
+    (tmp_path / "proc/driver/nvidia").mkdir(parents=True)
+    (tmp_path / "proc/driver/nvidia/params").write_text("ModifyDeviceFiles: 1\nDeviceFileMode: 438\nnot a pair\n")
+    assert kmods._read_params(str(tmp_path)) == {"ModifyDeviceFiles": "1", "DeviceFileMode": "438"}
+    assert kmods._read_params(str(tmp_path / "missing")) == {}

@@ -163,6 +163,31 @@ def _cdi_name_from_mount(request: str) -> str | None:
     return f"{parts[0]}/{parts[1]}={parts[2]}"
 
 
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_ASCII_ALNUM = _ASCII_LETTERS | frozenset("0123456789")
+
+
+def _valid_cdi_part(text: str, first: frozenset[str], inner: frozenset[str]) -> bool:
+    """CDI's name rule: a first character from ``first``, inner ones from ``inner``, a letter or digit last."""
+    return bool(text) and text[0] in first and text[-1] in _ASCII_ALNUM and all(ch in inner for ch in text[1:-1])
+
+
+_CDI_KIND_INNER = _ASCII_ALNUM | frozenset("_-.")
+_CDI_DEVICE_INNER = _CDI_KIND_INNER | frozenset(":")
+
+
+def is_qualified_cdi_name(device: str) -> bool:
+    """A fully qualified CDI device name, ``<vendor>/<class>=<name>``, by the CDI parser's rules (what NVIDIA's
+    ``parser.IsQualifiedName`` accepts): vendor and class start with a letter, the name with a letter or digit,
+    all three end with one; inside, vendor and class allow ``_ - .``, the name also ``:``."""
+    qualifier, sep, name = device.partition("=")
+    vendor, slash, klass = qualifier.partition("/")
+    return (bool(sep) and bool(slash) and not device.startswith("/")
+            and _valid_cdi_part(vendor, _ASCII_LETTERS, _CDI_KIND_INNER)
+            and _valid_cdi_part(klass, _ASCII_LETTERS, _CDI_KIND_INNER)
+            and _valid_cdi_part(name, _ASCII_ALNUM, _CDI_DEVICE_INNER))
+
+
 # --- the rules --------------------------------------------------------------------------------------------------
 
 
@@ -317,14 +342,18 @@ def _valid_identifiers(text: str, *, numeric_rule: bool) -> bool:
 
 def requirements(env: Mapping[str, str], config: RuntimeConfig) -> tuple[str, ...]:
     """The ``--require`` expressions: every ``NVIDIA_REQUIRE_*`` except ``NVIDIA_REQUIRE_JETPACK*`` (sorted by name;
-    NVIDIA's order is Go map order, i.e. random), then ``cuda>=MAJOR.MINOR`` for a legacy image. Empty values are
-    dropped: an empty expression is always satisfied."""
+    NVIDIA's order is Go map order, i.e. random), then ``cuda>=MAJOR.MINOR`` for a legacy image.
+
+    An empty value is kept, as NVIDIA's hook keeps it (``NVIDIA_REQUIRE_CUDA=`` → ``--require=``). It has no term,
+    so it always holds; what keeping it changes is the count against the CLI's limit of 32 expressions
+    (``input error: too many requirements``), which NVIDIA's CLI applies to exactly this list: dropping it would
+    start an image that NVIDIA refuses, and the argv would differ from NVIDIA's for nothing."""
     if disable_require(env, config):
         return ()
     found = [
         env[name]
         for name in sorted(env)
-        if name.startswith(ENV_REQUIRE_PREFIX) and not name.startswith(ENV_REQUIRE_JETPACK) and env[name]
+        if name.startswith(ENV_REQUIRE_PREFIX) and not name.startswith(ENV_REQUIRE_JETPACK)
     ]
     if is_legacy_image(env):
         version = env[ENV_CUDA_VERSION]
@@ -372,3 +401,34 @@ def gpu_request_from_spec(spec: Mapping[str, Any], config: RuntimeConfig) -> Gpu
         imex_channels=channels,
         privileged=privileged,
     )
+
+
+# --- the runtime mode ---------------------------------------------------------------------------------------------
+
+HOOK_MODE_ERROR = (
+    "invoking the NVIDIA Container Runtime Hook directly (e.g. specifying the docker --gpus flag) is not supported. "
+    "Please use the NVIDIA Container Runtime (e.g. specify the --runtime=nvidia flag) instead"
+)
+
+
+def hook_runtime_mode(config: RuntimeConfig, gpu: GpuRequest) -> str:
+    """The mode NVIDIA's hook resolves for a GPU container: ``[nvidia-container-runtime] mode`` as written, except
+    ``auto``, which is ``cdi`` when every requested device is a fully qualified CDI name (``nvidia.com/gpu=0``,
+    from NVIDIA_VISIBLE_DEVICES or a ``cdi/`` volume mount) and ``legacy`` otherwise. (NVIDIA's auto mode picks
+    ``csv``/``jit-cdi`` on Tegra boards, which have no NVML; nvc serves NVML hosts only.)"""
+    mode = config.runtime.mode
+    if mode != "auto":
+        return mode
+    if gpu.devices and all(is_qualified_cdi_name(device) for device in gpu.devices):
+        return "cdi"
+    return "legacy"
+
+
+def check_hook_mode(config: RuntimeConfig, gpu: GpuRequest) -> None:
+    """The hook only acts in ``legacy`` mode: CDI and the other modes are the runtime's to apply, and a hook that
+    went ahead would inject a second time or pass CDI names to the CLI. ``[nvidia-container-runtime-hook]
+    skip-mode-detection = true`` lifts the check, as in NVIDIA's hook."""
+    if config.hook.skip_mode_detection:
+        return
+    if hook_runtime_mode(config, gpu) != "legacy":
+        raise NvcError("input", HOOK_MODE_ERROR)

@@ -62,10 +62,14 @@ def parse_args(argv: list[str]) -> tuple[str | None, bool, str | None]:
 
 
 def read_state(stream) -> dict:
+    """The container state on stdin: a JSON object, or ``input error: failed to decode container state: ...``
+    whatever the bytes are (not JSON, not UTF-8, nested too deeply, huge)."""
     try:
         state = jsonfast.load(stream)
     except (ValueError, UnicodeDecodeError) as exc:
         raise NvcError("input", f"failed to decode container state: {exc}") from None
+    except RecursionError:
+        raise NvcError("input", "failed to decode container state: nested too deeply") from None
     if not isinstance(state, dict):
         raise NvcError("input", "failed to decode container state: not a JSON object")
     return state
@@ -79,11 +83,30 @@ def load_spec(bundle: str) -> dict:
             spec = jsonfast.loads(f.read())
     except OSError as exc:
         raise NvcError("input", f"failed to read OCI spec: {path}: {(exc.strerror or '').lower()}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # also open()'s "embedded null byte"
         raise NvcError("input", f"failed to decode OCI spec: {path}: {exc}") from None
+    except RecursionError:
+        raise NvcError("input", f"failed to decode OCI spec: {path}: nested too deeply") from None
     if not isinstance(spec, dict):
         raise NvcError("input", f"failed to decode OCI spec: {path}: not a JSON object")
     return spec
+
+
+def state_bundle(state: dict) -> str:
+    """The bundle directory: ``bundle``, else very old Docker's ``bundlePath``, else the current directory (runc
+    starts hooks in the bundle)."""
+    bundle = state.get("bundle") or state.get("bundlePath") or os.getcwd()
+    if not isinstance(bundle, str):
+        raise NvcError("input", "failed to decode container state: bundle is not a string")
+    return bundle
+
+
+def state_pid(state: dict) -> int:
+    """The container's pid: a positive JSON integer (``true`` is not one, though Python calls it 1)."""
+    pid = state.get("pid")
+    if type(pid) is not int or pid <= 0:
+        raise NvcError("input", "container state has no valid pid")
+    return pid
 
 
 def container_rootfs(state: dict, spec: dict, bundle: str) -> str:
@@ -98,45 +121,45 @@ def container_rootfs(state: dict, spec: dict, bundle: str) -> str:
     return os.path.normpath(root if os.path.isabs(root) else os.path.join(bundle, root))
 
 
-def external_cli_argv(cli_path: str, config, request, pid: int, rootfs: str, debug: str | None) -> list[str]:
-    """NVIDIA's hook argv for an external ``nvidia-container-cli`` (oci-hook.md)."""
-    cli = config.cli
-    argv = [cli_path]
-    if cli.root:
-        argv.append(f"--root={cli.root}")
-    if cli.load_kmods:
-        argv.append("--load-kmods")
-    if cli.no_pivot:
-        argv.append("--no-pivot")
-    if debug:
-        argv.append(f"--debug={debug}")
-    if cli.ldcache:
-        argv.append(f"--ldcache={cli.ldcache}")
-    if cli.user:
-        argv.append(f"--user={cli.user}")
-    argv.append("configure")
-    if request.cuda_compat_mode:
-        argv.append(f"--cuda-compat-mode={request.cuda_compat_mode}")
-    if request.ldconfig:
-        argv.append(f"--ldconfig={request.ldconfig}")
-    if request.no_cgroups:
-        argv.append("--no-cgroups")
-    if request.devices:
-        argv.append(f"--device={','.join(request.devices)}")
-    if request.mig_config:
-        argv.append(f"--mig-config={','.join(request.mig_config)}")
-    if request.mig_monitor:
-        argv.append(f"--mig-monitor={','.join(request.mig_monitor)}")
-    if request.imex_channels:
-        argv.append(f"--imex-channel={','.join(request.imex_channels)}")
-    argv.extend(f"--{cap.value}" for cap in sorted(request.capabilities, key=lambda c: c.value))
-    argv.extend(f"--require={req}" for req in request.requirements)
-    argv.extend([f"--pid={pid}", rootfs])
-    return argv
+def plan_hook(config, state: dict, spec: dict, bundle: str, *, debug_flag: bool = False):
+    """What NVIDIA's hook decides for this container, in its order, without acting: None for a container that
+    asks for no GPU, else the :class:`~nvc.container_request.CliInvocation` both of our paths carry out. Raises
+    ``NvcError`` with NVIDIA's message where NVIDIA's hook refuses (the environment rules, the runtime mode)."""
+    from nvc.container_env import check_hook_mode, gpu_request_from_spec
+    from nvc.container_request import cli_argv, cli_invocation
+
+    gpu = gpu_request_from_spec(spec, config)
+    if gpu is None:
+        return None
+    check_hook_mode(config, gpu)
+    pid = state_pid(state)
+    invocation = cli_invocation(gpu, config, container_rootfs(state, spec, bundle), pid, debug_flag=debug_flag)
+    for arg in cli_argv(config.cli.path or "nvidia-container-cli", config, invocation):
+        if "\0" in arg:  # exec cannot pass it, and no path or device name holds one
+            raise NvcError("input", f"invalid argument for nvidia-container-cli (NUL byte): {arg!r}")
+    return invocation
+
+
+def exec_environment(environ, invocation) -> dict[str, str]:
+    """The exec'd CLI's environment: the hook's own, less what must never reach a host process we start, plus
+    ``[nvidia-container-cli] environment`` (the administrator's, so a name set there wins over the hook's)."""
+    env = safe_environment(environ)
+    env.update(invocation.environment)
+    return env
 
 
 def safe_environment(environ) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.startswith(_UNSAFE_ENV_PREFIXES)}
+
+
+def open_debug_log(target: str | None):
+    """The hook's log, written where the CLI's ``--debug`` goes: stderr itself for ``-debug``."""
+    from nvc.container_request import DEBUG_FLAG_TARGET
+    from nvc.debuglog import DebugLog
+
+    if target == DEBUG_FLAG_TARGET:
+        return DebugLog(None, stream=sys.stderr)
+    return DebugLog(target)
 
 
 def run_hook(argv: list[str], stdin, environ) -> int:
@@ -145,45 +168,49 @@ def run_hook(argv: list[str], stdin, environ) -> int:
         return 0
     if stage not in INJECT_STAGES:
         raise HookUsageError(f"unknown stage: {stage}" if stage else "missing stage")
-    from nvc.container_env import gpu_request_from_spec
-    from nvc.container_request import configure_request_from_gpu, global_options_from_config
-    from nvc.debuglog import DebugLog
+    from nvc.container_request import debug_target
     from nvc.runtime_config import load_config
+
     config = load_config(config_path, environ)
-    log_path = config.cli.debug or None
-    log = DebugLog(log_path, stream=sys.stderr if debug else None)
+    log = open_debug_log(debug_target(config, debug))
+    if log.enabled:
+        from nvc.config_keys import ignored_settings
+
+        for line in ignored_settings(config):
+            log.warning(line, where="hook")
     state = read_state(stdin)
-    bundle = state.get("bundle") or state.get("bundlePath") or os.getcwd()
-    pid = state.get("pid")
-    if not isinstance(bundle, str) or not isinstance(pid, int) or pid <= 0:
-        raise NvcError("input", "container state has no valid pid/bundle")
+    bundle = state_bundle(state)
     spec = load_spec(bundle)
-    gpu = gpu_request_from_spec(spec, config)
-    if gpu is None:
+    invocation = plan_hook(config, state, spec, bundle, debug_flag=debug)
+    if invocation is None:
         log.info("not a GPU container: nothing to do", where="hook")
         return 0
+    request = invocation.request
     from nvc.gvisor import SANDBOX_NAME, process_name
 
-    if process_name(pid) == SANDBOX_NAME:
+    if process_name(request.pid) == SANDBOX_NAME:
         raise NvcError(
             "container",
             "this container runs in gVisor (runsc): a hook cannot inject into the sandbox; run runsc with "
             "--nvproxy (and --nvproxy-docker) and register the hook as .../nvidia-container-runtime-hook so "
             "runsc calls nvidia-container-cli itself",
         )
-    rootfs = container_rootfs(state, spec, bundle)
-    request = configure_request_from_gpu(gpu, config, rootfs, pid)
-    log.info(f"{stage}: container pid {pid}, rootfs {rootfs}, devices {','.join(gpu.devices) or 'none'}, "
-             f"capabilities {','.join(sorted(c.value for c in gpu.capabilities))}", where="hook")
+    log.info(f"{stage}: container pid {request.pid}, rootfs {request.rootfs}, devices "
+             f"{','.join(request.devices) or 'none'}, capabilities "
+             f"{','.join(sorted(c.value for c in request.capabilities))}", where="hook")
     if config.cli.path:
-        argv_out = external_cli_argv(config.cli.path, config, request, pid, rootfs, log_path)
+        from nvc.container_request import cli_argv
+
+        argv_out = cli_argv(config.cli.path, config, invocation)
         log.info(f"exec {' '.join(argv_out)}", where="hook")
         sys.stdout.flush()
-        os.execve(config.cli.path, argv_out, safe_environment(environ))
+        os.execve(config.cli.path, argv_out, exec_environment(environ, invocation))
+    # In-process, this process is the CLI: the environment the exec'd CLI would get is this process's
+    # (os.environ writes through to the C environment, so the NVML helper and anything exec'd inherit it too).
+    os.environ.update(invocation.environment)
     from nvc.configure import configure_container
 
-    opts = global_options_from_config(config)
-    for line in configure_container(opts, request, log=log):
+    for line in configure_container(invocation.options, request, log=log):
         print(line, file=sys.stderr)
     return 0
 
@@ -196,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         try:
-            return run_hook(args, sys.stdin, os.environ)
+            # Bytes, not text: the state is decoded as JSON decodes it (a BOM, UTF-16), not by the locale.
+            return run_hook(args, getattr(sys.stdin, "buffer", sys.stdin), os.environ)
         except HookUsageError as exc:
             if str(exc):
                 sys.stderr.write(f"{PROG}: {exc}\n")

@@ -32,7 +32,9 @@ RELATIVE_CONFIG_PATH = "nvidia-container-runtime/config.toml"
 DEFAULT_CONFIG_PATH = "/etc/" + RELATIVE_CONFIG_PATH
 
 DEFAULT_LDCONFIG = "@/sbin/ldconfig"
-CUDA_COMPAT_MODES = ("disabled", "hook", "ldconfig", "mount")
+# "" is NVIDIA's "unset": the hook then passes --cuda-compat-mode=disabled, or no flag at all with
+# [features] allow-cuda-compat-libs-from-container (nvc.container_request.cuda_compat_flag).
+CUDA_COMPAT_MODES = ("disabled", "hook", "ldconfig", "mount", "")
 
 
 @record(frozen=True)
@@ -70,7 +72,8 @@ class CsvModeConfig:
 
 @record(frozen=True)
 class LegacyModeConfig:
-    """``[nvidia-container-runtime.modes.legacy]``: how CUDA forward-compat libraries in an image are used."""
+    """``[nvidia-container-runtime.modes.legacy]``: how CUDA forward-compat libraries in an image are used
+    (``""``: unset, see :data:`CUDA_COMPAT_MODES`)."""
 
     cuda_compat_mode: str = "ldconfig"
 
@@ -236,6 +239,8 @@ def _parse_raw(text: str, source: str) -> RuntimeConfig:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise NvcError("input", f"{source}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses on nested arrays and inline tables: "[[[[..." of any depth
+        raise NvcError("input", f"{source}: invalid TOML: arrays or tables nested too deeply") from None
     try:
         config = _build(RuntimeConfig, document, "")
         config = _finish(config, document)
@@ -254,7 +259,7 @@ def _normalize(config: RuntimeConfig, path_exists: PathExists) -> RuntimeConfig:
 # (nvc.nvml.cache: a 0700 root-owned directory, 0600 files of ours, never followed through a symlink), keyed by the
 # file's path and identity (device, inode, size, mtime, ctime). Any cache problem just means parsing the file.
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: cuda-compat-mode "" and the environment entry check (an entry cached under 1 skipped them)
 
 
 def _file_identity(st: os.stat_result) -> list[int] | None:
@@ -362,6 +367,28 @@ def config_from_dict(data: Any, cls: type = RuntimeConfig) -> Any:
     return cls(**values)
 
 
+def toml_key(cls: type, name: str) -> str:
+    """The TOML key of field ``name`` of the config record ``cls``."""
+    return _TOML_KEYS.get((cls, name), name.replace("_", "-"))
+
+
+def schema_leaves(cls: type = RuntimeConfig, prefix: str = "") -> list[tuple[str, tuple[str, ...]]]:
+    """Every key a config.toml may set, as (dotted TOML key, attribute path in :class:`RuntimeConfig`), in
+    declaration order: what the hook and the shim parse, hence what must either act or be reported as ignored
+    (:mod:`nvc.config_keys`)."""
+    leaves: list[tuple[str, tuple[str, ...]]] = []
+    for item in fields(cls):
+        if (cls, item.name) in _NOT_IN_FILE:
+            continue
+        key = prefix + toml_key(cls, item.name)
+        hint = str if (cls, item.name) in _TOML_STRING_FIELDS else _field_type(cls, item.name)
+        if is_record(hint):
+            leaves.extend((sub_key, (item.name, *path)) for sub_key, path in schema_leaves(hint, key + "."))
+        else:
+            leaves.append((key, (item.name,)))
+    return leaves
+
+
 def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
     """Fill a config record from a TOML table: known keys are type-checked, missing keys keep their default,
     unknown keys are ignored. Values needing more than a type check are finished in :func:`_finish`."""
@@ -369,11 +396,11 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
     for item in fields(cls):
         if (cls, item.name) in _NOT_IN_FILE:
             continue
-        toml_key = _TOML_KEYS.get((cls, item.name), item.name.replace("_", "-"))
-        if toml_key not in table:
+        key = toml_key(cls, item.name)
+        if key not in table:
             continue
-        value = table[toml_key]
-        dotted = prefix + toml_key
+        value = table[key]
+        dotted = prefix + key
         hint = str if (cls, item.name) in _TOML_STRING_FIELDS else _field_type(cls, item.name)
         if is_record(hint):
             if not isinstance(value, dict):
@@ -431,10 +458,18 @@ def _finish(config: RuntimeConfig, document: Mapping[str, Any]) -> RuntimeConfig
         )
     compat_mode = config.runtime.modes.legacy.cuda_compat_mode
     if compat_mode not in CUDA_COMPAT_MODES:
+        # NVIDIA treats any unknown value as unset (usually: disabled). A typo silently turning compat libraries
+        # off is refused here instead (README, "Differences from NVIDIA's tools").
         raise _ConfigValueError(
             f"nvidia-container-runtime.modes.legacy.cuda-compat-mode: invalid value {compat_mode!r} "
-            f"(expected one of {', '.join(CUDA_COMPAT_MODES)})"
+            f"(expected one of {', '.join(m for m in CUDA_COMPAT_MODES if m)}, or \"\" for unset)"
         )
+    for entry in config.cli.environment:
+        # Entries go into the CLI's environment (exec'd, or this process's for the in-process CLI): each must be
+        # NAME=VALUE, as an environment entry is; a NUL cannot be passed to exec at all.
+        name, sep, _ = entry.partition("=")
+        if not sep or not name or "\0" in entry:
+            raise _ConfigValueError(f"nvidia-container-cli.environment: entry {entry!r} is not NAME=VALUE")
     return replace(
         config,
         swarm_resource=_swarm_names(swarm) if isinstance(swarm, str) else (),

@@ -314,6 +314,11 @@ def prepare_create(argv: list[str], command_index: int, environ: Mapping[str, st
     config = load_config(None, environ)
     debug = config.runtime.debug
     log = DebugLog(debug if debug and debug != "/dev/null" else None)
+    if log.enabled:
+        from nvc.config_keys import ignored_settings
+
+        for line in ignored_settings(config):
+            log.warning(line, where="runtime")
     runtime = find_runtime(config.runtime.runtimes, environ)
     bundle = find_bundle(argv, command_index)
     spec = load_spec(bundle)

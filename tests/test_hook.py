@@ -14,7 +14,7 @@ import pytest
 from fixtures.driver_roots import DRIVER_VERSION
 from fixtures.gpu_host import make_gpu_host
 from nvc.errors import NvcError
-from nvc.hook import HookUsageError, container_rootfs, external_cli_argv, parse_args, safe_environment
+from nvc.hook import HookUsageError, container_rootfs, parse_args, safe_environment
 
 V = DRIVER_VERSION
 
@@ -97,13 +97,14 @@ def test_bad_state_and_spec_are_one_line_errors(tmp_path):
 
 def test_external_cli_argv_matches_nvidia():
     from nvc.components import Capability
-    from nvc.request import ConfigureRequest
+    from nvc.container_env import GpuRequest
+    from nvc.container_request import cli_argv, cli_invocation
     from nvc.runtime_config import RuntimeConfig
 
-    request = ConfigureRequest(rootfs="/r", pid=42, devices=("0", "1"),
-                               capabilities=frozenset({Capability.UTILITY, Capability.COMPUTE}),
-                               requirements=("cuda>=12.0",), ldconfig="@/sbin/ldconfig", cuda_compat_mode="ldconfig")
-    argv = external_cli_argv("/usr/bin/nvidia-container-cli", RuntimeConfig(), request, 42, "/r", None)
+    gpu = GpuRequest(devices=("0", "1"), capabilities=frozenset({Capability.UTILITY, Capability.COMPUTE}),
+                     requirements=("cuda>=12.0",))
+    config = RuntimeConfig()
+    argv = cli_argv("/usr/bin/nvidia-container-cli", config, cli_invocation(gpu, config, "/r", 42))
     assert argv == ["/usr/bin/nvidia-container-cli", "--load-kmods", "configure", "--cuda-compat-mode=ldconfig",
                     "--ldconfig=@/sbin/ldconfig", "--device=0,1", "--compute", "--utility",
                     "--require=cuda>=12.0", "--pid=42", "/r"]

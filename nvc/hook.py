@@ -140,6 +140,13 @@ def plan_hook(config, state: dict, spec: dict, bundle: str, *, debug_flag: bool 
     return invocation
 
 
+def exec_argv(config, invocation) -> list[str] | None:
+    """The argv to exec when ``[nvidia-container-cli] path`` names a CLI; None: the CLI runs in this process."""
+    from nvc.container_request import cli_argv
+
+    return cli_argv(config.cli.path, config, invocation) if config.cli.path else None
+
+
 def exec_environment(environ, invocation) -> dict[str, str]:
     """The exec'd CLI's environment: the hook's own, less what must never reach a host process we start, plus
     ``[nvidia-container-cli] environment`` (the administrator's, so a name set there wins over the hook's)."""
@@ -198,13 +205,11 @@ def run_hook(argv: list[str], stdin, environ) -> int:
     log.info(f"{stage}: container pid {request.pid}, rootfs {request.rootfs}, devices "
              f"{','.join(request.devices) or 'none'}, capabilities "
              f"{','.join(sorted(c.value for c in request.capabilities))}", where="hook")
-    if config.cli.path:
-        from nvc.container_request import cli_argv
-
-        argv_out = cli_argv(config.cli.path, config, invocation)
+    argv_out = exec_argv(config, invocation)
+    if argv_out is not None:
         log.info(f"exec {' '.join(argv_out)}", where="hook")
         sys.stdout.flush()
-        os.execve(config.cli.path, argv_out, exec_environment(environ, invocation))
+        os.execve(argv_out[0], argv_out, exec_environment(environ, invocation))
     # In-process, this process is the CLI: the environment the exec'd CLI would get is this process's
     # (os.environ writes through to the C environment, so the NVML helper and anything exec'd inherit it too).
     os.environ.update(invocation.environment)

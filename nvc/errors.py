@@ -30,9 +30,16 @@ class NvcError(Exception):
     def __init__(self, stage: str, message: str) -> None:
         if stage not in STAGES:
             raise ValueError(f"unknown error stage {stage!r}")
+        if not message.isprintable():  # a container's value with a newline must not break the one line
+            message = _escape_unprintable(message)
         super().__init__(f"{stage} error: {message}")
         self.stage = stage
         self.message = message
+
+
+def _escape_unprintable(text: str) -> str:
+    """Newlines, NULs and other control or separator characters as Python escapes (``\\n``, ``\\x00``)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def run_reporting_errors(prog: str, run, os_error_stage: str | None = None) -> int:

@@ -98,6 +98,8 @@ def state_bundle(state: dict) -> str:
     bundle = state.get("bundle") or state.get("bundlePath") or os.getcwd()
     if not isinstance(bundle, str):
         raise NvcError("input", "failed to decode container state: bundle is not a string")
+    if "\0" in bundle:
+        raise NvcError("input", "failed to decode container state: bundle path contains a NUL byte")
     return bundle
 
 
@@ -113,11 +115,15 @@ def container_rootfs(state: dict, spec: dict, bundle: str) -> str:
     """The rootfs path: crun's state ``root`` wins (it is right under ``--userns nomap``), else ``root.path``;
     relative paths are relative to the bundle."""
     root = state.get("root")
+    if isinstance(root, str) and "\0" in root:
+        raise NvcError("input", "failed to decode container state: root contains a NUL byte")
     if not isinstance(root, str) or not root:
         spec_root = spec.get("root")
         root = spec_root.get("path") if isinstance(spec_root, dict) else None
     if not isinstance(root, str) or not root:
         raise NvcError("input", "OCI spec has no root.path")
+    if "\0" in root:
+        raise NvcError("input", "OCI spec root.path contains a NUL byte")
     return os.path.normpath(root if os.path.isabs(root) else os.path.join(bundle, root))
 
 
@@ -169,12 +175,9 @@ def open_debug_log(target: str | None):
     return DebugLog(target)
 
 
-def run_hook(argv: list[str], stdin, environ) -> int:
-    config_path, debug, stage = parse_args(argv)
-    if stage in NOOP_STAGES:
-        return 0
-    if stage not in INJECT_STAGES:
-        raise HookUsageError(f"unknown stage: {stage}" if stage else "missing stage")
+def prepare_hook(config_path: str | None, debug: bool, stdin, environ):
+    """Everything NVIDIA's hook reads and decides, in its order, before it acts: (config, debug log, invocation or
+    None). Every malformed input (config.toml, the state on stdin, config.json) ends here as one ``NvcError``."""
     from nvc.container_request import debug_target
     from nvc.runtime_config import load_config
 
@@ -188,7 +191,16 @@ def run_hook(argv: list[str], stdin, environ) -> int:
     state = read_state(stdin)
     bundle = state_bundle(state)
     spec = load_spec(bundle)
-    invocation = plan_hook(config, state, spec, bundle, debug_flag=debug)
+    return config, log, plan_hook(config, state, spec, bundle, debug_flag=debug)
+
+
+def run_hook(argv: list[str], stdin, environ) -> int:
+    config_path, debug, stage = parse_args(argv)
+    if stage in NOOP_STAGES:
+        return 0
+    if stage not in INJECT_STAGES:
+        raise HookUsageError(f"unknown stage: {stage}" if stage else "missing stage")
+    config, log, invocation = prepare_hook(config_path, debug, stdin, environ)
     if invocation is None:
         log.info("not a GPU container: nothing to do", where="hook")
         return 0

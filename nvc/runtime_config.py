@@ -235,6 +235,7 @@ def _parse_raw(text: str, source: str) -> RuntimeConfig:
     """The validated config, ``cli.ldconfig`` as written (normalising it probes the host: :func:`_normalize`)."""
     import tomllib  # only the hook reads TOML, and only when config.toml is not in the cache
 
+    _check_key_depth(text, source)
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -247,6 +248,20 @@ def _parse_raw(text: str, source: str) -> RuntimeConfig:
     except _ConfigValueError as exc:
         raise NvcError("input", f"{source}: {exc}") from None
     return replace(config, source=source)
+
+
+# tomllib's time grows with the square of a dotted key's depth (``a.a.a....b = 1``: 16000 levels take seconds), and
+# a file that fails to parse is parsed again on every container start. No key of the schema is deeper than 4; a line
+# whose key part (before any "=") has more dots than this is refused before tomllib sees it.
+_MAX_KEY_DOTS = 128
+
+
+def _check_key_depth(text: str, source: str) -> None:
+    if text.count(".") <= _MAX_KEY_DOTS:
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.partition("=")[0].count(".") > _MAX_KEY_DOTS:
+            raise NvcError("input", f"{source}: invalid TOML: keys nested too deeply (line {number})")
 
 
 def _normalize(config: RuntimeConfig, path_exists: PathExists) -> RuntimeConfig:

@@ -154,6 +154,17 @@ def test_values_and_unknown_keys():
     assert config.features.ignore_imex_channel_requests is True
 
 
+def test_cuda_compat_mode_unset_and_many_dots_in_values():
+    """NVIDIA reads cuda-compat-mode = "" as unset (nvc.container_request.cuda_compat_flag decides the flag), and
+    dots in values never count as key depth."""
+    dots = "/" + "a." * 300 + "so"
+    config = parse_config(f'[nvidia-container-runtime.modes.legacy]\ncuda-compat-mode = ""\n'
+                          f'[nvidia-container-cli]\nldcache = "{dots}"\nenvironment = ["A=B=C", "E="]\n',
+                          path_exists=no_real)
+    assert config.runtime.modes.legacy.cuda_compat_mode == ""
+    assert config.cli.ldcache == dots and config.cli.environment == ("A=B=C", "E=")
+
+
 def test_supported_capabilities_all():
     config = parse_config('supported-driver-capabilities = "all"', path_exists=no_real)
     assert config.supported_driver_capabilities == frozenset(ALL_CAPABILITIES)
@@ -227,6 +238,13 @@ def test_unreadable_path_is_an_error(tmp_path):
             "c.toml: invalid value for config option 'supported-driver-capabilities'; compute,gpu (supported: ",
         ),
         ('supported-driver-capabilities = "compute,all"\n', "c.toml: invalid value for config option"),
+        ('[nvidia-container-cli]\nenvironment = ["NOEQUALS"]\n',
+         "c.toml: nvidia-container-cli.environment: entry 'NOEQUALS' is not NAME=VALUE"),
+        ('[nvidia-container-cli]\nenvironment = ["=1"]\n', "c.toml: nvidia-container-cli.environment: entry '=1'"),
+        ('[nvidia-container-cli]\nenvironment = ["A=\\u0000"]\n', "c.toml: nvidia-container-cli.environment: entry"),
+        ("a." * 200 + "b = 1\n", "c.toml: invalid TOML: keys nested too deeply (line 1)"),
+        ("x = 1\n[" + "a." * 200 + "b]\n", "c.toml: invalid TOML: keys nested too deeply (line 2)"),
+        ("a = " + "[" * 5000 + "]" * 5000 + "\n", "c.toml: invalid TOML: arrays or tables nested too deeply"),
     ],
 )
 def test_bad_files(text, message):

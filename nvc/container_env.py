@@ -414,7 +414,8 @@ HOOK_MODE_ERROR = (
 def hook_runtime_mode(config: RuntimeConfig, gpu: GpuRequest) -> str:
     """The mode NVIDIA's hook resolves for a GPU container: ``[nvidia-container-runtime] mode`` as written, except
     ``auto``, which is ``cdi`` when every requested device is a fully qualified CDI name (``nvidia.com/gpu=0``,
-    from NVIDIA_VISIBLE_DEVICES or a ``cdi/`` volume mount) and ``legacy`` otherwise. (NVIDIA's auto mode picks
+    from NVIDIA_VISIBLE_DEVICES or a ``cdi/`` volume mount: toolkit 1.20; 1.17 dropped such mounts) and
+    ``legacy`` otherwise. (NVIDIA's auto mode picks
     ``csv``/``jit-cdi`` on Tegra boards, which have no NVML; nvc serves NVML hosts only.)"""
     mode = config.runtime.mode
     if mode != "auto":

@@ -263,21 +263,12 @@ def parse_command_line(args: list[str]) -> FastParse | None:
 
 def global_options(debug=None, load_kmods=False, no_pivot=False, user=None, root="/", ldcache="/etc/ld.so.cache",
                    no_create_imex_channels=False):
-    """The group's values as :class:`GlobalOptions` (raises ``NvcError`` for a relative root or a bad user)."""
-    from nvc.errors import NvcError
-    from nvc.options import GlobalOptions, parse_user
+    """The group's values as :class:`GlobalOptions` (:func:`nvc.options.build_global_options`, shared with the
+    hook's in-process CLI)."""
+    from nvc.options import build_global_options
 
-    if not root.startswith("/"):
-        raise NvcError("input", f"invalid driver root: {root}")
-    return GlobalOptions(
-        debug=debug,
-        load_kmods=load_kmods,
-        no_pivot=no_pivot,
-        user=parse_user(user),
-        root=os.path.normpath(root),
-        ldcache=ldcache,
-        no_create_imex_channels=no_create_imex_channels,
-    )
+    return build_global_options(debug=debug, load_kmods=load_kmods, no_pivot=no_pivot, user=user, root=root,
+                                ldcache=ldcache, no_create_imex_channels=no_create_imex_channels)
 
 
 def configure_request(rootfs: str | None, options: dict, pid: int | None = None):

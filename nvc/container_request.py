@@ -5,9 +5,10 @@ NVIDIA's hook execs ``nvidia-container-cli [globals] configure [options] ROOTFS`
 ``[nvidia-container-cli] environment``. Ours either does exactly that (``[nvidia-container-cli] path``) or runs the
 same CLI in-process. Both paths come from one :class:`CliInvocation`: :func:`cli_argv` renders it as NVIDIA's argv,
 and the in-process path uses its :class:`~nvc.options.GlobalOptions`, :class:`~nvc.request.ConfigureRequest` and
-environment directly. The global options are built by the CLI's own constructor (:func:`nvc.argv.global_options`),
-so a value the CLI would refuse on its command line (a relative ``root``, an unknown ``user``) is refused in-process
-too; tests/test_hook_parity.py parses every rendered argv with the CLI's parser and checks it gives the same values.
+environment directly. The global options are built by the CLI's own constructor
+(:func:`nvc.options.build_global_options`), so a value the CLI would refuse on its command line (a relative
+``root``, an unknown ``user``) is refused in-process too; tests/test_hook_parity.py parses every rendered argv with
+the CLI's parser and checks it gives the same values.
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ def global_options_from_config(config: RuntimeConfig, *, debug_flag: bool = Fals
     """:class:`~nvc.options.GlobalOptions` from ``[nvidia-container-cli]`` and ``[features]``, as the CLI would
     build them from NVIDIA's hook's global flags; ``debug_flag`` is the hook's ``-debug`` (``--debug=/dev/stderr``
     in place of the configured log file)."""
-    from nvc.argv import global_options
+    from nvc.options import build_global_options
 
-    return global_options(
+    return build_global_options(
         debug=debug_target(config, debug_flag),
         load_kmods=config.cli.load_kmods,
         no_pivot=config.cli.no_pivot,

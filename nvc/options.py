@@ -22,6 +22,31 @@ class GlobalOptions:
     no_create_imex_channels: bool = False
 
 
+def build_global_options(
+    debug: str | None = None,
+    load_kmods: bool = False,
+    no_pivot: bool = False,
+    user: str | None = None,
+    root: str = "/",
+    ldcache: str = "/etc/ld.so.cache",
+    no_create_imex_channels: bool = False,
+) -> GlobalOptions:
+    """The global options from their command-line values (raises ``NvcError`` for a relative root or a bad user):
+    one constructor for the CLI's parsers and the hook, which runs the CLI in-process with the values it would
+    otherwise put on the CLI's command line."""
+    if not root.startswith("/"):
+        raise NvcError("input", f"invalid driver root: {root}")
+    return GlobalOptions(
+        debug=debug,
+        load_kmods=load_kmods,
+        no_pivot=no_pivot,
+        user=parse_user(user),
+        root=os.path.normpath(root),
+        ldcache=ldcache,
+        no_create_imex_channels=no_create_imex_channels,
+    )
+
+
 def parse_user(value: str | None) -> tuple[int, int] | None:
     """``--user[=UID[:GID]]``: without a value, the caller's own ids (NVIDIA's default is root)."""
     if value is None:

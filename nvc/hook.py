@@ -4,8 +4,10 @@
 config.toml, then the container state from stdin, then ``<bundle>/config.json``; decide from the container's
 environment whether it is a GPU container and what it gets (:mod:`nvc.container_env`); then configure it in this
 very process — no second interpreter, no exec of a CLI — unless ``[nvidia-container-cli] path`` names an external
-CLI, which is then exec'd with NVIDIA's argv. The container's environment is only ever *read*: nothing from it
-reaches a process we start. Not a GPU container → exit 0, nothing done.
+CLI, which is then exec'd with NVIDIA's argv. Both paths carry out one decision (:func:`plan_hook`, a
+:class:`~nvc.container_request.CliInvocation`), so each config key means the same on both. The container's
+environment is only ever *read*: nothing from it reaches a process we start. Not a GPU container → exit 0, nothing
+done; a malformed input → one ``input error`` line and exit 1.
 
 Go-style flags (``-config=F``, ``-config F``, ``--config F``, ``-debug``) are parsed by hand: this is the hot path
 of every container start and must not import click.

@@ -204,7 +204,7 @@ def test_hook_argv_is_nvidias(name, nvidia, config_text, env, mounts, debug, exp
 
 def test_environment_reaches_the_exec_and_wins():
     _, invocation = decide('[nvidia-container-cli]\nenvironment = ["A=1", "B=x=y", "PATH=/opt/bin", "A=2"]\n',
-                                ["NVIDIA_VISIBLE_DEVICES=0", "LD_PRELOAD=/evil.so"])
+                           ["NVIDIA_VISIBLE_DEVICES=0", "LD_PRELOAD=/evil.so"])
     assert invocation.environment == (("A", "1"), ("B", "x=y"), ("PATH", "/opt/bin"), ("A", "2"))
     host = {"PATH": "/usr/bin", "LD_PRELOAD": "/host.so", "HOME": "/root", "B": "host"}
     # NVIDIA appends the entries to the hook's environment; a name set in both is the administrator's here (NVIDIA's

@@ -61,7 +61,7 @@ class Bounded:
 # --- generators --------------------------------------------------------------------------------------------------
 
 SCALARS = [None, True, False, 0, -1, 1, 2**64, 10**30, 1.5, -0.0, 1e308, "", "x", "0", "all", "void",
-           "a\x00b", "line\nbreak", "é", "\ud800"[:0] + "\u2028", "/", "../../etc", "=", "A=B"]
+           "a\x00b", "line\nbreak", "é", "\u2028", "/", "../../etc", "=", "A=B"]
 
 
 def random_value(rng: random.Random, depth: int = 0) -> object:

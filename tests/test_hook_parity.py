@@ -214,6 +214,24 @@ def test_environment_reaches_the_exec_and_wins():
 
 
 @pytest.mark.parametrize(
+    ("debug", "config_debug", "path", "to_stderr"),
+    [(True, "", None, True),
+     (True, "/var/log/nvct.log", None, True),
+     (False, "/var/log/nvct.log", "/var/log/nvct.log", False),
+     (False, "", None, False)],
+)
+def test_in_process_log_goes_where_the_cli_debug_goes(debug, config_debug, path, to_stderr):
+    """In-process, the hook's log (the CLI's, there) follows the same rule as --debug: -debug means stderr and
+    only stderr, as NVIDIA's hook replaces the configured file with /dev/stderr."""
+    from nvc.container_request import debug_target
+    from nvc.hook import open_debug_log
+
+    config = parse_config(f'[nvidia-container-cli]\ndebug = "{config_debug}"\n', path_exists=no_real)
+    log = open_debug_log(debug_target(config, debug))
+    assert (log.path, log.stream is sys.stderr) == (path, to_stderr)
+
+
+@pytest.mark.parametrize(
     ("device", "qualified"),
     [("nvidia.com/gpu=0", True), ("nvidia.com/gpu=GPU-4a1d6c2e", True), ("nvidia.com/gpu=all", True),
      ("nvidia.com/mig=0:1", True), ("a/b=c", True), ("vendor_1.x/class-2=dev.name:3", True),

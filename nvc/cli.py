@@ -246,6 +246,52 @@ def doctor(as_json: bool, host_root: str, runtime_path: str | None) -> None:
         raise click.exceptions.Exit(1)
 
 
+@cli.group()
+def cdi() -> None:
+    """CDI (Container Device Interface): GPUs for podman, containerd, CRI-O and docker --device nvidia.com/gpu=N."""
+
+
+@cdi.command(name="generate")
+@click.option("--output", "output", metavar="FILE", help="Write the spec here (atomically, mode 0644); default stdout.")
+@click.option("--format", "spec_format", type=click.Choice(["json", "yaml"]),
+              help="Output format (default: from the --output extension, yaml otherwise).")
+@click.option("--driver-root", metavar="DIR", help="Driver root (default: the global --root, /).")
+@click.option("--dev-root", metavar="DIR", help="Where /dev holds the device nodes (default: the driver root).")
+@click.option("--device-name-strategy", "strategies", multiple=True, type=click.Choice(["index", "uuid", "type-index"]),
+              help="Device names to write, repeatable (default: index and uuid).")
+@click.option("--vendor", default="nvidia.com", show_default=True, help="CDI vendor of the kind.")
+@click.option("--class", "device_class", default="gpu", show_default=True, help="CDI class of the kind.")
+@click.option("--hook-path", "--nvidia-cdi-hook-path", "hook_path", metavar="PATH",
+              help="The createContainer hook the spec names (default: our nvidia-cdi-hook as installed).")
+@click.option("--driver-capabilities", "capabilities", multiple=True, metavar="LIST",
+              help="Capabilities whose files the spec mounts (compute,utility,...; default: all, as `nvc list`).")
+@click.option("--mode", type=click.Choice(["auto", "nvml", "management"]), default="auto", show_default=True,
+              help="management: no NVML, one device 'all' with the nodes found under /dev.")
+@click.option("--no-annotations", is_flag=True,
+              help="Leave out the nvc/driver-* annotations (cdiVersion 0.5.0, for consumers older than CDI 0.6).")
+@click.pass_obj
+def cdi_generate(opts: GlobalOptions, output, spec_format, driver_root, dev_root, strategies, vendor, device_class,
+                 hook_path, capabilities, mode, no_annotations) -> None:
+    """Write a CDI spec for this host's GPUs (nvidia-ctk cdi generate's options)."""
+    from nvc.cdi.generate import DEFAULT_STRATEGIES, GenerateRequest, generate_spec, parse_capabilities
+    from nvc.cdi.spec import dump, format_for, write_spec
+
+    request = GenerateRequest(
+        driver_root=driver_root or opts.root, dev_root=dev_root, ldcache=opts.ldcache, user=opts.user,
+        vendor=vendor, device_class=device_class, strategies=tuple(strategies) or DEFAULT_STRATEGIES,
+        hook_path=hook_path, capabilities=parse_capabilities(capabilities), mode=mode,
+        annotations=not no_annotations,
+    )
+    spec, notes = generate_spec(request)
+    for note in notes:
+        click.echo(f"{_prog_name()}: note: {note}", err=True)
+    text = dump(spec, format_for(output, spec_format))
+    if output:
+        write_spec(output, text)
+    else:
+        _write(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of both console scripts: the click-free fast path (nvc.argv) for configure and --version,
     click for everything else."""

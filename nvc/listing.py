@@ -75,9 +75,11 @@ class ListedItem:
         return data
 
 
-def _plan_for_listing(inventory: Inventory, request: ListRequest):
+def _plan_for_listing(inventory: Inventory, request: ListRequest, capabilities: frozenset[Capability] | None = None,
+                      dev_root: str | None = None):
     """The configure plan of a container asking for everything ``request`` selects: ``list`` prints exactly
-    what configure would mount, from the same planner (one source of truth for the rules)."""
+    what configure would mount, from the same planner (one source of truth for the rules). ``capabilities``
+    narrows the driver capabilities (default: all; ``nvc cdi generate`` passes its selection)."""
     from nvc.components import ALL_CAPABILITIES
     from nvc.container_layout import ContainerLayout
     from nvc.plan import plan_configure
@@ -88,7 +90,8 @@ def _plan_for_listing(inventory: Inventory, request: ListRequest):
     selection = DeviceSelection()
     if request.devices and info is not None:
         selection = select_devices(split_device_list(request.devices), gpus)
-    caps = frozenset(c for c in ALL_CAPABILITIES if c is not Capability.COMPAT32 or request.compat32)
+    caps = frozenset(c for c in (capabilities or ALL_CAPABILITIES)
+                     if c is not Capability.COMPAT32 or request.compat32)
     configure_request = ConfigureRequest(
         rootfs=request.rootfs or "/",
         capabilities=caps,
@@ -107,6 +110,7 @@ def _plan_for_listing(inventory: Inventory, request: ListRequest):
         mig_config=info is not None and mig_option_enabled(request.mig_config, gpus),
         mig_monitor=info is not None and mig_option_enabled(request.mig_monitor, gpus),
         imex_channels=imex_channel_numbers(request.imex_channels),
+        dev_root=dev_root,
     )
     return plan, selection
 

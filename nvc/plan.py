@@ -130,9 +130,12 @@ def plan_configure(
     mig_config: bool = False,
     mig_monitor: bool = False,
     imex_channels: tuple[int, ...] = (),
+    dev_root: str | None = None,
 ) -> Plan:
-    """Everything configure does for ``request``, in order, as operations."""
+    """Everything configure does for ``request``, in order, as operations. ``dev_root``: where the device nodes
+    and MIG minors are looked up when not in the driver root (``nvc cdi generate --dev-root``)."""
     root = inventory.driver_root
+    nodes_root = dev_root or root
     files = inventory.files
     caps = effective_capabilities(request.capabilities)
     ops: list[Operation] = []
@@ -208,12 +211,12 @@ def plan_configure(
         if not request.no_cgroups:
             ops.append(CgroupAllow("c", node.major, node.minor))
 
-    for node in device_nodes.control_nodes(root):
+    for node in device_nodes.control_nodes(nodes_root):
         if request.gvisor and node.path not in GVISOR_DEVICES:
             continue  # nvproxy serves nvidiactl and nvidia-uvm only (whatever the capabilities)
         if request.gvisor or node.capability is None or node.capability in caps:
             device(node)
-    for node in device_nodes.gpu_nodes(root, selection):
+    for node in device_nodes.gpu_nodes(nodes_root, selection):
         device(node)
         proc_dir = f"{comp.PROC_DRIVER}/gpus/{proc_bus_id(node.gpu_bus_id or '')}"
         if not request.gvisor and os.path.isdir(host_path(root, proc_dir)):
@@ -221,12 +224,12 @@ def plan_configure(
     if request.gvisor:  # no MIG or IMEX under nvproxy
         ops.append(UpdateLdCache(request.ldconfig, tuple(ldconfig_dirs)))
         return Plan(rootfs=request.rootfs, operations=tuple(ops), warnings=tuple(warnings))
-    for node in device_nodes.mig_nodes(root, selection, mig_config, mig_monitor):
+    for node in device_nodes.mig_nodes(nodes_root, selection, mig_config, mig_monitor):
         if node.kind == "mig-cap-file":
             ops.append(Bind("mig-cap", node.host_path, node.path, noexec=True, driver_path=node.path))
         else:
             device(node)
-    for node in device_nodes.imex_nodes(root, imex_channels):
+    for node in device_nodes.imex_nodes(nodes_root, imex_channels):
         device(node)
 
     ops.append(UpdateLdCache(request.ldconfig, tuple(ldconfig_dirs)))

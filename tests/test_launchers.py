@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHERS = {"nvidia-container-cli": "nvc.argv", "nvidia-container-runtime-hook": "nvc.hook",
-             "nvidia-container-runtime": "nvc.runtime_shim"}
+             "nvidia-container-runtime": "nvc.runtime_shim", "nvidia-cdi-hook": "nvc.cdi.hook"}
 
 
 def test_launchers_are_one_template_and_packaged():

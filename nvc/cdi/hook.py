@@ -306,10 +306,11 @@ def _write_in_root(root, inner: str, data: bytes, undo) -> None:
 
 def run(argv: list[str]) -> int:
     command, flags = parse_args(argv)
-    rootfs = _rootfs(flags)
     links = _link_pairs(flags.get("link", []))
     folders = flags.get("folder", [])
     major = _driver_major(flags.get("host-driver-version", [None])[-1])
+    additions = _libraries(flags.get("library", []))
+    rootfs = _rootfs(flags)
     if command == "create-symlinks":
         apply(rootfs, links=links, additions=[], first_dirs=[], write_cache=False)
         return 0
@@ -322,7 +323,6 @@ def run(argv: list[str]) -> int:
             apply(rootfs, links=[], additions=[], first_dirs=[], write_cache=False,
                   compat_conf=f"{directory}\n")
         return 0
-    additions = _libraries(flags.get("library", []))
     from nvc.container_fs import open_root
 
     with open_root(rootfs) as root:

@@ -33,6 +33,7 @@ click, pyelftools); ``tests/test_hotpath_imports.py`` holds it to that.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -273,7 +274,12 @@ def apply(rootfs: str, *, links: list[tuple[str, str]], additions: list, first_d
         try:
             for link, target in dict(links).items():
                 try:
-                    _link(root, link, target, undo, NULL_LOG)
+                    try:  # a fresh container has none of them: one resolution per link
+                        root.create_symlink(link, target, undo=undo)
+                    except OSError as exc:
+                        if exc.errno != errno.EEXIST:
+                            raise
+                        _link(root, link, target, undo, NULL_LOG)  # ldconfig's rule: replace a stale link
                 except OSError as exc:
                     raise NvcError("mount", f"symlink creation failed: {_os_message(exc)}") from None
             try:

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Benchmark: a CDI GPU container start (the spec's edits applied by the runtime + our ONE createContainer hook)
+against the legacy path (our in-process prestart hook), in the same run. Needs root. A report, not a test.
+
+On the fake GPU host of bench_hook.py (Debian 535 driver files, stub NVML, warm answer caches), with 1 GPU and
+with 8 GPUs, medians of N interleaved rounds of ``runc run /bin/true`` on a fresh busybox bundle:
+
+  - none:        no hook, no edits (the floor every variant is measured against);
+  - legacy:      our in-process prestart hook (``nvidia-container-runtime-hook``: NVML cache, plan, mounts, cache);
+  - cdi-edits:   the spec's nodes, mounts and env in config.json, as a CDI runtime writes them, no hook;
+  - cdi:         the same plus our one hook (``nvidia-cdi-hook configure-container``): what a CDI start costs;
+  - cdi-4hooks:  the same edits with NVIDIA's hook layout (two ``create-symlinks``, ``enable-cuda-compat``,
+                 ``update-ldcache``), served by our drop-in subcommands: what four hook processes cost.
+
+The issue's target: what our CDI path adds (cdi - none) is at most half of what the legacy hook adds
+(legacy - none). ``cdi - cdi-edits`` is the hook alone; ``cdi-edits - none`` is runc making the mounts.
+
+The spec's edits are merged into config.json the way CDI runtimes merge them (mounts appended, device nodes
+into linux.devices with an allow rule each, env entries, hooks under createContainer): enough for runc here; the
+product's own applier is the runtime shim's CDI mode.
+
+Usage: python bench/bench_cdi.py [-n ROUNDS] [--gpus 1,8] [--warmup N] [--on-disk]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.bench_hook import gpus, hook_entries  # noqa: E402  (the same hosts and legacy hook entry)
+
+KINDS = {
+    "none": "no hook, no edits",
+    "legacy": "legacy: our in-process prestart hook",
+    "cdi-edits": "CDI edits applied, no hook",
+    "cdi": "CDI edits + our one hook",
+    "cdi-4hooks": "CDI edits + 4 hooks (NVIDIA's layout)",
+    "cdi-floor": "CDI edits + floor: python -I -S reading the state",
+}
+
+
+def generate_spec(env: dict[str, str], root: str) -> dict:
+    bindir = Path(env["PATH"].split(":")[0])
+    res = subprocess.run([sys.executable, "-m", "nvc", "cdi", "generate", "--driver-root", root, "--format", "json",
+                          "--hook-path", str(bindir / "nvidia-cdi-hook")],
+                         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"nvc cdi generate failed: {res.stderr}")
+    return json.loads(res.stdout)
+
+
+def nvidia_layout_hooks(hook: dict) -> list[dict]:
+    """Our one hook's work split the way nvidia-ctk's spec splits it: four processes."""
+    args = hook["args"]
+    links = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--link"]
+    folders = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--folder"]
+    version = args[args.index("--host-driver-version") + 1]
+    half = len(links) // 2
+
+    def entry(*rest: str) -> dict:
+        return {"path": hook["path"], "args": ["nvidia-cdi-hook", *rest]}
+
+    return [
+        entry("create-symlinks", *(a for link in links[:half] for a in ("--link", link))),
+        entry("create-symlinks", *(a for link in links[half:] for a in ("--link", link))),
+        entry("enable-cuda-compat", "--host-driver-version", version),
+        entry("update-ldcache", *(a for folder in folders for a in ("--folder", folder))),
+    ]
+
+
+def apply_cdi(config: dict, spec: dict, device: str, hooks: str) -> None:
+    """Merge the common edits and ``device``'s edits into ``config`` (``hooks``: none | one | nvidia)."""
+    edits = [spec["containerEdits"], next(d for d in spec["devices"] if d["name"] == device)["containerEdits"]]
+    linux = config.setdefault("linux", {})
+    resources = linux.setdefault("resources", {})
+    for edit in edits:
+        for node in edit.get("deviceNodes", ()):
+            linux.setdefault("devices", []).append({k: node[k] for k in ("path", "type", "major", "minor", "fileMode")}
+                                                   | {"uid": 0, "gid": 0})
+            resources.setdefault("devices", []).append({"allow": True, "type": node["type"], "major": node["major"],
+                                                        "minor": node["minor"], "access": "rwm"})
+        for mount in edit.get("mounts", ()):
+            config.setdefault("mounts", []).append({"destination": mount["containerPath"], "type": mount["type"],
+                                                    "source": mount["hostPath"], "options": mount["options"]})
+        config["process"]["env"] = [e for e in config["process"]["env"] if not e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+        config["process"]["env"] += edit.get("env", [])
+        if hooks != "none":
+            for hook in edit.get("hooks", ()):
+                floor = {"path": sys.executable, "args": ["python", "-I", "-S", "-c", "import sys; sys.stdin.read()"]}
+                entries = {"one": [hook], "floor": [floor], "nvidia": nvidia_layout_hooks(hook)}[hooks]
+                config.setdefault("hooks", {}).setdefault("createContainer", []).extend(
+                    {"path": e["path"], "args": e["args"]} for e in entries)
+
+
+def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, kind: str, spec: dict, device: str) -> float:
+    from fixtures.rootfs import copy_rootfs, safe_rmtree
+    from fixtures.runtimes import make_bundle, unique_id
+
+    bundle = work / "runc-bundle"
+    legacy_env = [f"NVIDIA_VISIBLE_DEVICES={env['NVC_BENCH_DEVICES']}", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
+    make_bundle(bundle, copy_rootfs(base_rootfs, bundle / "rootfs"), ["/bin/true"], env=legacy_env,
+                hooks=hook_entries(env, "hook") if kind == "legacy" else None)
+    if kind.startswith("cdi"):
+        config = json.loads((bundle / "config.json").read_text())
+        apply_cdi(config, spec, device, {"cdi-edits": "none", "cdi": "one", "cdi-4hooks": "nvidia",
+                                        "cdi-floor": "floor"}[kind])
+        (bundle / "config.json").write_text(json.dumps(config))
+    state_dir = tempfile.mkdtemp(prefix="nvc-bench-runc-")
+    cid = unique_id("bench")
+    try:
+        start = time.perf_counter()
+        res = subprocess.run(["runc", "--root", state_dir, "run", "--bundle", str(bundle), cid],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=False)
+        elapsed = (time.perf_counter() - start) * 1000
+        if res.returncode != 0:
+            raise SystemExit(f"runc ({kind}) failed: {res.stderr}")
+        if kind in ("cdi", "cdi-4hooks") and not os.path.islink(bundle / "rootfs/usr/lib64/libcuda.so.1"):
+            raise SystemExit(f"runc ({kind}): the hook did not run")
+        return elapsed
+    finally:
+        subprocess.run(["runc", "--root", state_dir, "delete", "-f", cid], capture_output=True, check=False)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        safe_rmtree(bundle)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--rounds", type=int, default=15)
+    parser.add_argument("--gpus", default="1,8", help="comma-separated GPU counts to run")
+    parser.add_argument("--warmup", type=int, default=3, help="rounds run first and not counted")
+    parser.add_argument("--on-disk", action="store_true", help="keep bundles on /tmp's disk instead of a tmpfs")
+    args = parser.parse_args()
+    from fixtures.gpu_host import make_gpu_host
+    from fixtures.rootfs import busybox_rootfs, safe_rmtree
+    from fixtures.tools import install_tools
+
+    work = Path(tempfile.mkdtemp(prefix="nvc-bench-cdi-"))
+    hosts = Path(tempfile.mkdtemp(prefix="nvc-bench-cdi-hosts-"))
+    if not args.on_disk:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "nvc-bench", str(work)], check=True)
+    os.environ.setdefault("NVC_CACHE_DIR", str(work / "nvml-cache"))
+    (work / "nvml-cache").mkdir(mode=0o700)
+    base = busybox_rootfs()
+    print(f"median of {args.rounds} interleaved rounds after {args.warmup} warm-up rounds, bundles "
+          f"{'on disk' if args.on_disk else 'on tmpfs'}, {os.cpu_count()} cpus, Python {sys.version.split()[0]}")
+    counts = list(dict.fromkeys(int(c) for c in args.gpus.split(",")))
+    try:
+        setups = {}
+        for count in counts:
+            host = make_gpu_host(hosts / f"host{count}", gpus=gpus(count), migs=())
+            env = install_tools(hosts / f"bin{count}", host)
+            env["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
+            spec = generate_spec(env, str(host.root))
+            setups[count] = (env, spec, "0" if count == 1 else "all")
+        samples = {count: {kind: [] for kind in KINDS} for count in counts}
+        for round_no in range(args.warmup + args.rounds):
+            for count, (env, spec, device) in setups.items():
+                kinds = list(KINDS)
+                if round_no % 2:  # alternate the order too, so drift within a round hits every variant alike
+                    kinds.reverse()
+                for kind in kinds:
+                    elapsed = runc_once(work, env, base, kind, spec, device)
+                    if round_no >= args.warmup:
+                        samples[count][kind].append(elapsed)
+        for count in counts:
+            print(f"{count} GPU(s), CDI device {setups[count][2]!r}:")
+            floor = statistics.median(samples[count]["none"])
+            medians = {kind: statistics.median(samples[count][kind]) for kind in KINDS}
+            for kind, label in KINDS.items():
+                added = "" if kind == "none" else f"  added {medians[kind] - floor:5.1f} ms"
+                print(f"  runc run /bin/true: {medians[kind]:6.1f} ms  {label:40s}{added}")
+            legacy = medians["legacy"] - floor
+            print(f"  CDI path / legacy hook (added time): {(medians['cdi'] - floor) / legacy:.2f} "
+                  f"(target <= 0.50); our hook alone: {medians['cdi'] - medians['cdi-edits']:.1f} ms, "
+                  f"4 hooks: {medians['cdi-4hooks'] - medians['cdi-edits']:.1f} ms, "
+                  f"a bare Python hook: {medians['cdi-floor'] - medians['cdi-edits']:.1f} ms")
+    finally:
+        safe_rmtree(hosts)
+        if args.on_disk:
+            safe_rmtree(work)
+        else:
+            subprocess.run(["umount", "-l", str(work)], check=False)
+            work.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,9 @@ with 8 GPUs, medians of N interleaved rounds of ``runc run /bin/true`` on a fres
 The issue's target: what our CDI path adds (cdi - none) is at most half of what the legacy hook adds
 (legacy - none). ``cdi - cdi-edits`` is the hook alone; ``cdi-edits - none`` is runc making the mounts.
 
+Both paths give the container the same thing: the spec is generated with ``--driver-capabilities
+compute,utility``, what the legacy variant's container asks for (NVIDIA_DRIVER_CAPABILITIES).
+
 The spec's edits are merged into config.json the way CDI runtimes merge them (mounts appended, device nodes
 into linux.devices with an allow rule each, env entries, hooks under createContainer): enough for runc here; the
 product's own applier is the runtime shim's CDI mode.
@@ -40,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_hook import gpus, hook_entries  # noqa: E402  (the same hosts and legacy hook entry)
 
+CAPABILITIES = "compute,utility"  # what the legacy variant's container asks for: the same files either way
 KINDS = {
     "none": "no hook, no edits",
     "legacy": "legacy: our in-process prestart hook",
@@ -53,7 +57,7 @@ KINDS = {
 def generate_spec(env: dict[str, str], root: str) -> dict:
     bindir = Path(env["PATH"].split(":")[0])
     res = subprocess.run([sys.executable, "-m", "nvc", "cdi", "generate", "--driver-root", root, "--format", "json",
-                          "--hook-path", str(bindir / "nvidia-cdi-hook")],
+                          "--hook-path", str(bindir / "nvidia-cdi-hook"), "--driver-capabilities", CAPABILITIES],
                          env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"nvc cdi generate failed: {res.stderr}")

@@ -277,7 +277,8 @@ def cdi_generate(opts: GlobalOptions, output, spec_format, driver_root, dev_root
     from nvc.cdi.spec import dump, format_for, write_spec
 
     request = GenerateRequest(
-        driver_root=driver_root or opts.root, dev_root=dev_root, ldcache=opts.ldcache, user=opts.user,
+        driver_root=os.path.abspath(driver_root or opts.root), dev_root=dev_root and os.path.abspath(dev_root),
+        ldcache=opts.ldcache, user=opts.user,
         vendor=vendor, device_class=device_class, strategies=tuple(strategies) or DEFAULT_STRATEGIES,
         hook_path=hook_path, capabilities=parse_capabilities(capabilities), mode=mode,
         annotations=not no_annotations,

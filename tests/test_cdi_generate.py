@@ -246,3 +246,14 @@ def test_generate_takes_under_a_second(host, tmp_path):
         times.append(time.perf_counter() - start)
         assert res.returncode == 0, res.stderr
     assert min(times) < 1.0, times
+
+
+def test_relative_roots_become_absolute_and_a_missing_hook_is_noted(host, tmp_path):
+    rel = os.path.relpath(host.root, REPO)
+    res = nvc(host, "cdi", "generate", "--driver-root", rel, "--format", "json", "--hook-path", "/nonexistent/hook")
+    assert res.returncode == 0, res.stderr
+    spec = json.loads(res.stdout)
+    assert spec["annotations"]["nvc/driver-root"] == str(host.root)
+    binds = [m for m in spec["containerEdits"]["mounts"] if m["type"] == "bind"]
+    assert binds and all(m["hostPath"].startswith(f"{host.root}/") for m in binds)
+    assert "nvc: note: the hook /nonexistent/hook is not an executable here" in res.stderr

@@ -262,6 +262,9 @@ def generate_spec(request: GenerateRequest) -> tuple[dict[str, Any], tuple[str, 
     common_plan = _plan(inventory, request)
     hook_path = request.hook_path or default_hook_path()
     common, notes = _common_edits(common_plan, hook_path, version)
+    if not os.access(hook_path, os.X_OK):
+        notes += (f"the hook {hook_path} is not an executable here: every container start with this spec fails "
+                  "until it is (--hook-path names another)",)
     common_paths = {node["path"] for node in common.get("deviceNodes", ())}
 
     if request.mode == "management":

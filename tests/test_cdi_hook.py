@@ -182,6 +182,9 @@ def test_nvidia_subcommands_as_a_drop_in(tmp_path, spec, tools):
                                    "--ldconfig-path", "/sbin/ldconfig"])
     assert res.returncode == 0, res.stderr
     printed = ldconfig_p(rootfs)
+    entries = printed.splitlines()[1:]
+    assert len(entries) == len(set(entries))  # the image's own libraries, scanned again, are not listed twice
+    assert "\tlibc.so.6 (libc6,x86-64) => /usr/lib64/libc.so.6" in entries
     lines = [line.strip() for line in printed.splitlines() if line.strip().startswith("libcuda.so.1 ")]
     # The forward-compat driver first (newer major than the host's 535), then the host's.
     assert lines == ["libcuda.so.1 (libc6,x86-64) => /usr/local/cuda/compat/libcuda.so.1",

@@ -13,9 +13,9 @@ only splits that plan into CDI's shape:
 * ``devices``: each GPU by index and UUID (``--device-name-strategy``), each MIG device (``gpu:mig`` and its
   UUID), and ``all``; each carries the nodes its plan adds to the common ones.
 
-``--mode management`` (or NVML absent in ``auto``... only when asked: auto reports the NVML error) lists the
-nodes found under ``/dev`` as the single device ``all``, for hosts where NVML cannot run (e.g. a management
-container before the driver is loaded).
+``--mode management`` lists the nodes found under ``/dev`` as the single device ``all``, for hosts where NVML
+cannot run (e.g. before the kernel module is loaded); ``auto`` never falls back to it silently: without NVML it
+fails in one line that names the option.
 """
 
 from __future__ import annotations

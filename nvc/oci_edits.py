@@ -205,6 +205,8 @@ def spec_edits(
             if _under_proc(op.target):
                 notes.append(f"skipped tmpfs {op.target}: runc refuses mounts under /proc "
                              "(runsc synthesises /proc/driver/nvidia itself)")
+            elif op.target == "/dev":
+                notes.append("skipped tmpfs /dev: the spec's own /dev serves the devices of linux.devices")
             elif op.files:
                 notes.append(f"skipped tmpfs {op.target}: a spec tmpfs cannot be pre-filled")
             else:

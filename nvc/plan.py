@@ -211,6 +211,11 @@ def plan_configure(
         if not request.no_cgroups:
             ops.append(CgroupAllow("c", node.major, node.minor))
 
+    if request.gvisor and not request.no_devbind:
+        # The sandbox makes /dev/nvidiaN for every nvidiaN entry in ROOTFS/dev as the gofer serves it: a fresh
+        # tmpfs there (in the gofer's namespace) holds exactly this container's nodes -- not the placeholders an
+        # earlier start left in a reused rootfs, nor files an image ships -- and nothing is written to its /dev.
+        ops.append(Tmpfs("/dev", 0o755))
     for node in device_nodes.control_nodes(nodes_root):
         if request.gvisor and node.path not in GVISOR_DEVICES:
             continue  # nvproxy serves nvidiactl and nvidia-uvm only (whatever the capabilities)

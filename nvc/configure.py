@@ -57,6 +57,20 @@ def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
                           imex_channel_numbers(request.imex_channels))
 
 
+def _check_alive(pid: int) -> None:
+    """The container's process must still run: gone, or exited and not yet reaped (a zombie has no mount
+    namespace left -- what runsc's gofer is when it died before calling us)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read(512)
+    except OSError:
+        raise NvcError("container", f"process {pid} not found") from None
+    state = stat[stat.rfind(b")") + 2:][:1]
+    if state in (b"Z", b"X"):
+        raise NvcError("container", f"process {pid} has exited (the container or runsc's gofer died before "
+                                    "configure ran)")
+
+
 def configure_container(
     opts: GlobalOptions, request: ConfigureRequest, dry_run: bool = False, log: DebugLog | None = None
 ) -> list[str]:
@@ -65,8 +79,8 @@ def configure_container(
 
     if not dry_run and os.geteuid() != 0:
         raise NvcError("permission", "superuser privileges required (configure mounts into the container)")
-    if request.pid is not None and not os.path.isdir(f"/proc/{request.pid}"):
-        raise NvcError("container", f"process {request.pid} not found")
+    if request.pid is not None:
+        _check_alive(request.pid)
     if not request.gvisor:
         from nvc.gvisor import is_gofer
 

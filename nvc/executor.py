@@ -64,6 +64,9 @@ def _check_devices(plan: Plan) -> None:
             continue
         try:
             st = os.stat(op.source)
+        except FileNotFoundError:
+            raise NvcError("mount", f"device node {op.source} not found (is the NVIDIA kernel module loaded? "
+                           "--load-kmods creates missing nodes)") from None
         except OSError as exc:
             raise NvcError("mount", f"stat failed: {_os_message(exc)}") from None
         if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != op.device:

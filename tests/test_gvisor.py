@@ -120,3 +120,30 @@ def test_hook_refuses_a_runsc_sandbox_with_instructions(tmp_path, tools):
         sandbox.wait()
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "--nvproxy" in res.stderr and "nvidia-container-runtime-hook" in res.stderr
+
+
+def test_gofer_already_reaped_is_one_line_not_a_hang(tmp_path, host, tools):
+    bindir, env = tools
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    gofer = named_process("runsc-gofer", new_mount_ns=True)
+    gofer.kill()
+    gofer.wait()
+    res = subprocess.run([str(bindir / "nvidia-container-cli"), "--load-kmods", "configure", "--no-cgroups",
+                          f"--pid={gofer.pid}", "--device=0", "--compute", str(rootfs)], env=env,
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr == f"nvidia-container-cli: container error: process {gofer.pid} not found\n"
+
+
+def test_gvisor_plan_puts_the_nodes_in_a_fresh_dev(tmp_path, host, tools):
+    bindir, env = tools
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    res = subprocess.run([str(bindir / "nvidia-container-cli"), "configure", "--gvisor", "--dry-run", "--device=1",
+                          "--compute", str(rootfs)], env=env, capture_output=True, text=True, check=True)
+    lines = res.stdout.splitlines()
+    devices = [i for i, line in enumerate(lines) if line.startswith("bind device")]
+    assert lines.index("tmpfs /dev mode=755") < devices[0]
+    assert [lines[i].split(" -> ")[1].split()[0] for i in devices] == ["/dev/nvidiactl", "/dev/nvidia-uvm",
+                                                                          "/dev/nvidia0"]

@@ -230,11 +230,12 @@ def setup_docker(runtime, config_path, runtime_name, runsc_path, shim_path, set_
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 @click.option("--root", "host_root", default="/", show_default=True, metavar="DIR", help="Diagnose a host at DIR.")
 @click.option("--path", "runtime_path", metavar="PATH", help="PATH of containerd/dockerd (default: systemd's).")
-def doctor(as_json: bool, host_root: str, runtime_path: str | None) -> None:
+@click.option("--probe", is_flag=True, help="Start a test sandbox on each runsc platform in use (root).")
+def doctor(as_json: bool, host_root: str, runtime_path: str | None, probe: bool) -> None:
     """Check this host's GPU container setup (containerd, docker, runsc, hooks, driver) and say how to fix it."""
     from nvc.doctor import DoctorPaths, diagnose, findings_to_json, format_findings, has_errors
 
-    paths = DoctorPaths(root=host_root, **({"runtime_path": runtime_path} if runtime_path else {}))
+    paths = DoctorPaths(root=host_root, probe=probe, **({"runtime_path": runtime_path} if runtime_path else {}))
     findings = diagnose(paths)
     if as_json:
         from nvc.listing import format_json

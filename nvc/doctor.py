@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nvc.doctor_gvisor import check_platforms, check_runsc_flags, driver_fix, probe_platform, supported_drivers
 from nvc.setup_config import (
     CONTAINERD_CONFIG,
     CRI_PLUGIN,
@@ -139,6 +140,8 @@ class DoctorPaths:
     dev_dir: str = "/dev"
     run: Callable[[Sequence[str]], CommandResult | None] = run_command
     list_device_nodes: Callable[[str], list[DeviceNodeEntry]] = scan_device_nodes
+    probe: bool = False  # start a test sandbox per runsc platform (nvc doctor --probe; root)
+    probe_platform: Callable[[str, str], tuple[bool, str]] = probe_platform
 
     def host(self, path: str) -> str:
         """Where ``path`` (absolute, as configs name it) is on this machine."""
@@ -853,7 +856,7 @@ def _check_cli(ctx: _Context) -> list[Finding]:
 
 
 def _check_driver(ctx: _Context) -> list[Finding]:
-    from nvc.gvisor_drivers import driver_support, parse_supported_drivers
+    from nvc.gvisor_drivers import driver_support
     from nvc.proc_driver import parse_nvrm_version
 
     paths = ctx.paths
@@ -893,12 +896,9 @@ def _check_driver(ctx: _Context) -> list[Finding]:
         if key in seen:
             continue
         seen.add(key)
-        listed = None
-        if runtime.runsc:
-            result = paths.run_binary(runtime.runsc, "nvproxy", "list-supported-drivers")
-            if result is not None and result.returncode == 0:
-                listed = parse_supported_drivers(result.stdout) or None
-        source = f"`{runtime.runsc} nvproxy list-supported-drivers`" if listed else "nvc's copy of gVisor's table"
+        listed, unlisted = supported_drivers(paths, runtime.runsc)
+        source = (f"`{runtime.runsc} nvproxy list-supported-drivers`" if listed
+                  else f"nvc's copy of gVisor's table, as {unlisted}")
         support = driver_support(version, listed)
         label = f"driver {version}" + (" (forced by nvproxy-driver-version)" if forced else "")
         if support == "supported":
@@ -913,7 +913,7 @@ def _check_driver(ctx: _Context) -> list[Finding]:
                     f"the sandbox fails to boot with `unsupported Nvidia driver version: {version}`, which users only "
                     "see as `waiting for sandbox to start: EOF`"
                     + (" (nvproxy-allow-unsupported-driver is set: it may start, and misbehave)" if allow else ""),
-                    _driver_fix(version, runtime.runsc),
+                    driver_fix(version, runtime.runsc, listed),
                     "driver.gvisor-unsupported",
                 )
             )
@@ -921,7 +921,8 @@ def _check_driver(ctx: _Context) -> list[Finding]:
             findings.append(
                 Finding(
                     "warning",
-                    f"{label} is not in nvc's copy of gVisor's driver table, and runsc could not be asked",
+                    f"{label} is not in nvc's copy of gVisor's driver table, and runsc could not be asked "
+                    f"({unlisted})",
                     "if this runsc does not support it, the sandbox fails to boot: `waiting for sandbox to start: EOF`",
                     f"check `{runtime.runsc or 'runsc'} nvproxy list-supported-drivers`",
                     "driver.gvisor-unknown",
@@ -930,18 +931,6 @@ def _check_driver(ctx: _Context) -> list[Finding]:
     if not gvisor:
         findings.append(Finding("ok", f"host driver {host_version}", check="driver.version"))
     return findings
-
-
-def _driver_fix(version: str, runsc: str | None) -> str:
-    from nvc.gvisor_drivers import SUPPORTED_DRIVER_VERSIONS
-
-    branch = version.split(".")[0]
-    same_branch = sorted(v for v in SUPPORTED_DRIVER_VERSIONS if v.split(".")[0] == branch)
-    hint = f" (on the {branch} branch: {', '.join(same_branch)})" if same_branch else ""
-    return (
-        f"install a driver version runsc supports{hint}, or a newer runsc that supports {version}; "
-        f"`{runsc or 'runsc'} nvproxy list-supported-drivers` prints the list"
-    )
 
 
 # Which /proc/devices names own a node: 195 is "nvidia-frontend" (older drivers) or "nvidia"; the rest are dynamic.
@@ -1049,6 +1038,7 @@ def diagnose(paths: DoctorPaths | None = None) -> list[Finding]:
     findings += _check_docker(ctx)
     findings += _check_hooks_dirs(ctx)
     findings += _check_runsc_binaries(ctx)
+    findings += check_runsc_flags(ctx) + check_platforms(ctx)
     findings += _check_cli(ctx)
     findings += _check_driver(ctx)
     findings += _check_device_nodes(ctx)

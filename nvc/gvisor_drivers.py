@@ -52,7 +52,8 @@ NVPROXY_FIRST_RELEASE = 20230529  # --nvproxy exists from this release on
 NVPROXY_AUTO_RELEASE = 20260525  # from here nvproxy turns itself on for specs that ask for a GPU
 
 _VERSION_LINE = re.compile(r"^\s*(\d+\.\d+(?:\.\d+)?)\b")
-_RUNSC_RELEASE = re.compile(r"release-(\d{8})(?:\.(\d+))?")
+# Upstream tags releases ``release-YYYYMMDD.N``; Debian packages them as ``0.0~YYYYMMDD.N``.
+_RUNSC_RELEASE = re.compile(r"(?:release-|\b0\.0~)(\d{8})(?:\.(\d+))?")
 
 
 def parse_supported_drivers(text: str) -> frozenset[str]:
@@ -66,7 +67,8 @@ def parse_supported_drivers(text: str) -> frozenset[str]:
 
 
 def parse_runsc_release(version_output: str) -> int | None:
-    """``runsc --version`` (``runsc version release-20240513.0``) → ``20240513``; ``None`` for dev builds."""
+    """``runsc --version`` (``runsc version release-20240513.0``, Debian's ``runsc version 0.0~20240729.0``) →
+    the release date (``20240513``); ``None`` for dev builds."""
     match = _RUNSC_RELEASE.search(version_output)
     return int(match.group(1)) if match else None
 

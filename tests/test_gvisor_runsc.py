@@ -286,3 +286,140 @@ def test_driver_root_without_device_nodes(lab, tmp_path):
 def test_shared_rootfs_dev_was_never_written(lab):
     """Every GPU start above bound its nodes into a tmpfs at ROOTFS/dev inside the gofer's namespace."""
     assert os.listdir(lab.rootfs / "dev") == []
+
+
+# --- nvc doctor and nvc setup against the real runsc --------------------------------------------------------------
+
+
+def test_release_dates_of_upstream_and_debian_builds():
+    from nvc.gvisor_drivers import parse_runsc_release
+
+    assert parse_runsc_release("runsc version release-20240513.0\nspec: 1.1.0") == 20240513
+    assert parse_runsc_release("runsc version 0.0~20240729.0\nspec: 1.0.2-dev") == 20240729
+    assert parse_runsc_release("runsc version 0.0~20221219.0\n") == 20221219
+    assert parse_runsc_release("runsc version VERSION_MISSING\n") is None
+
+
+def doctor_host(lab: Lab, base: Path, runsc: Path, **runsc_config: str):
+    """A host tree for ``nvc doctor --root``: containerd configured by ``nvc setup containerd --runtime runsc``,
+    ``/usr/bin/runsc`` the given real binary, our CLI, and the fake GPU host's driver version."""
+    from nvc.doctor import DoctorPaths
+    from nvc.setup_config import apply_containerd
+
+    root = base / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/runsc").symlink_to(runsc)
+    (root / "usr/bin/nvidia-container-cli").symlink_to(lab.bindir / "nvidia-container-cli")
+    (root / "proc/driver/nvidia").mkdir(parents=True)
+    shutil.copy(lab.host.root / "proc/driver/nvidia/version", root / "proc/driver/nvidia/version")
+    apply_containerd(runtime="runsc", runsc_path="/usr/bin/runsc", root=str(root))
+    if runsc_config:
+        toml = root / "etc/containerd/runsc-gpu.toml"
+        toml.write_text(toml.read_text() + "".join(f'  {k} = "{v}"\n' for k, v in runsc_config.items()))
+    return DoctorPaths(root=str(root), list_device_nodes=lambda _dev: [])
+
+
+def runsc_config_flags(paths) -> list[str]:
+    """What gVisor's containerd shim hands runsc for ``[runsc_config]``: ``--key=value`` for every (string) entry."""
+    import tomllib
+
+    config = tomllib.loads(Path(paths.host("/etc/containerd/runsc-gpu.toml")).read_text())
+    assert config["binary_name"] == "/usr/bin/runsc"
+    assert all(isinstance(v, str) for v in config["runsc_config"].values())  # the shim decodes strings only
+    return [f"--{key}={value}" for key, value in config["runsc_config"].items()]
+
+
+def test_setup_containerd_writes_flags_this_runsc_starts_a_gpu_sandbox_with(lab, tmp_path):
+    from nvc.doctor import diagnose
+
+    paths = doctor_host(lab, tmp_path, lab.runsc.path)
+    flags = runsc_config_flags(paths)
+    assert flags == ["--nvproxy=true", "--nvproxy-docker=true"]
+    # This machine also needs the platform and, for the fixture's driver, a forced ABI (see the module docstring).
+    box = lab.run(["NVIDIA_VISIBLE_DEVICES=1"], flags=[*flags, "--platform=systrap", DRIVER_FLAG])
+    assert box.returncode == 0, box.stderr
+    assert box.has_libcuda and box.nodes == ["nvidia-uvm", "nvidia0", "nvidiactl"]
+    findings = {f.check: f for f in diagnose(paths)}
+    assert findings["containerd.runtime"].severity == "ok"
+    assert findings["runsc.version"].what.endswith("runsc version 0.0~20240729.0")
+    assert "runsc.unknown-flag" not in findings and "runsc.platform-ptrace" not in findings
+
+
+def test_doctor_reports_the_unsupported_driver_with_the_error_runsc_really_gives(lab, tmp_path):
+    import re
+
+    from nvc.doctor import diagnose
+    from nvc.gvisor_drivers import SUPPORTED_DRIVER_VERSIONS
+
+    paths = doctor_host(lab, tmp_path, lab.runsc.path)
+    (finding,) = [f for f in diagnose(paths) if f.check == "driver.gvisor-unsupported"]
+    assert finding.severity == "error"
+    assert finding.what.startswith("driver 535.309.01 is not supported by gVisor's nvproxy (`")
+    assert "/usr/bin/runsc nvproxy list-supported-drivers`)" in finding.what  # asked the binary...
+    assert "535.309.01" in SUPPORTED_DRIVER_VERSIONS  # ...which overrules nvc's copy (a newer runsc's table)
+    assert ("on the 535 branch, this runsc's list: 535.104.12, 535.129.03, 535.154.05, 535.161.07"
+            in finding.fix)
+    assert 'only if you accept the risk' in finding.fix and 'nvproxy-driver-version = "535.161.07"' in finding.fix
+    # The quoted errors are what runsc prints for this driver: the user's line and the sandbox's own log.
+    logs = tmp_path / "logs"
+    box = lab.run(["NVIDIA_VISIBLE_DEVICES=0"], flags=["--platform=systrap", "--nvproxy", "--nvproxy-docker",
+                                                       "--nvproxy-driver-version=535.309.01"], debug_log_dir=logs)
+    assert box.returncode != 0
+    quoted = re.findall(r"`([^`]+)`", finding.why)
+    assert quoted == ["unsupported Nvidia driver version: 535.309.01", "waiting for sandbox to start: EOF"]
+    assert box.stderr.rstrip().endswith(quoted[1])
+    boot_log = "".join(p.read_text() for p in logs.glob("*.boot.txt"))
+    assert f"registering nvproxy driver: {quoted[0]}" in boot_log
+
+
+def test_doctor_falls_back_to_its_table_for_a_runsc_without_the_command(lab, tmp_path):
+    """bookworm's own runsc (0.0~20221219) predates nvproxy: too old, and its list is nvc's copy, said so."""
+    from nvc.doctor import diagnose
+
+    old = shutil.which("runsc", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if old is None or "0.0~20221219" not in subprocess.run([old, "--version"], capture_output=True,
+                                                             text=True).stdout:
+        pytest.skip("bookworm's runsc 0.0~20221219 is not installed")
+    findings = {f.check: f for f in diagnose(doctor_host(lab, tmp_path, Path(old)))}
+    assert findings["runsc.too-old"].severity == "error"
+    assert "0.0~20221219" in findings["runsc.too-old"].what
+    driver = findings["driver.gvisor"]  # 535.309.01 is in nvc's copy (newer releases support it)
+    assert driver.what == ("driver 535.309.01 is supported by gVisor's nvproxy (nvc's copy of gVisor's table, as "
+                           "/usr/bin/runsc has no `nvproxy list-supported-drivers` (exit 128: a release older than "
+                           "the command))")
+
+
+def test_doctor_flags_a_runsc_config_key_this_runsc_does_not_know(lab, tmp_path):
+    from nvc.doctor import diagnose
+
+    paths = doctor_host(lab, tmp_path, lab.runsc.path, **{"nvproxy-typo": "true"})
+    (finding,) = [f for f in diagnose(paths) if f.check == "runsc.unknown-flag"]
+    assert finding.severity == "error" and "nvproxy-typo" in finding.what
+    box = lab.run(["NVIDIA_VISIBLE_DEVICES=0"], flags=[*runsc_config_flags(paths), *GPU_FLAGS])
+    assert box.returncode != 0
+    assert finding.why.endswith("`flag provided but not defined: -nvproxy-typo`")
+    assert box.stderr.startswith("flag provided but not defined: -nvproxy-typo\n")
+
+
+def test_doctor_platform_advice_and_probe(lab, tmp_path):
+    from dataclasses import replace
+
+    from nvc.doctor import diagnose
+
+    paths = doctor_host(lab, tmp_path / "ptrace", lab.runsc.path, platform="ptrace")
+    (warning,) = [f for f in diagnose(paths) if f.check == "runsc.platform-ptrace"]
+    assert warning.severity == "warning" and 'platform = "systrap"' in warning.fix
+    assert "--probe" in warning.fix
+
+    probed = {f.check: f for f in diagnose(replace(doctor_host(lab, tmp_path / "default", lab.runsc.path),
+                                                   probe=True))}
+    assert probed["runsc.platform"].severity == "ok"  # systrap, this runsc's default, started /bin/true
+    assert probed["runsc.platform"].what.startswith('containerd runtime "nvidia": runsc platform systrap starts')
+
+    # A platform that cannot work here, deterministically: one this runsc does not have.
+    paths = replace(doctor_host(lab, tmp_path / "broken", lab.runsc.path, platform="nosuch"), probe=True)
+    (broken,) = [f for f in diagnose(paths) if f.check == "runsc.platform-broken"]
+    assert broken.what.endswith("runsc's platform nosuch cannot start a sandbox on this host (unknown platform: "
+                                "nosuch)")
+    assert broken.fix.endswith("the probe started a systrap sandbox fine")
+    assert not list(Path("/tmp").glob("nvc-doctor-runsc-*"))  # probes leave no state behind

@@ -179,7 +179,8 @@ def probe_platform(runsc: str, platform: str, timeout: float = PROBE_TIMEOUT) ->
     import time
 
     state = tempfile.mkdtemp(prefix="nvc-doctor-runsc-")
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+    # TMPDIR: `do` keeps a scratch dir there, which a killed probe would leave behind.
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "TMPDIR": state}
     # --ignore-cgroups: a failed start would leave empty cgroups named after an id `do` picks and never says.
     argv = [runsc, f"--root={state}", "--network=none", "--ignore-cgroups", f"--platform={platform}", "do",
             "/bin/true"]

@@ -81,7 +81,8 @@ def info(opts: GlobalOptions, as_csv: bool, as_json: bool) -> None:
     from nvc.inventory import query_nvml
     from nvc.listing import format_info_csv, format_info_text, format_json, info_json
 
-    driver = query_nvml(opts.root, opts.ldcache, opts.user, load_kmods=opts.load_kmods)
+    # Always the driver's own answer, never the NVML cache's: `info` is what people run on a broken host.
+    driver = query_nvml(opts.root, opts.ldcache, opts.user, load_kmods=opts.load_kmods, use_cache=False)
     if as_json:
         _write(format_json(info_json(driver)))
     elif as_csv:
@@ -99,7 +100,9 @@ def list_(opts: GlobalOptions, as_json: bool, **options) -> None:
     from nvc.listing import ListRequest, format_json, format_list_text, select_list_items
 
     request = ListRequest(**{k: tuple(v) if isinstance(v, tuple) else v for k, v in options.items()})
-    inventory = build_inventory(opts.root, opts.ldcache, opts.user, allow_no_nvml=True)
+    # A diagnosis command like `info` (NVIDIA's has no cache at all): NVML is asked now, so the device nodes listed
+    # and the "NVML failed" warning are today's truth. No container start runs `list`, so the cache buys nothing.
+    inventory = build_inventory(opts.root, opts.ldcache, opts.user, allow_no_nvml=True, use_nvml_cache=False)
     if inventory.nvml_error is not None:
         click.echo(
             f"{_prog_name()}: warning: {inventory.nvml_error}; "

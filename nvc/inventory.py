@@ -40,10 +40,15 @@ def query_nvml(
     load_kmods: bool = False,
     *,
     library: str | None = None,
+    use_cache: bool = True,
 ) -> DriverInfo:
     """Driver version and GPUs from the root's own libnvidia-ml (raises ``initialization`` errors).
 
     ``library``: the in-root path of ``libnvidia-ml.so.1`` when already known (else looked up in the ld.so.cache).
+    ``use_cache``: take NVML's answer from :mod:`nvc.nvml.cache` while it holds. Only container starts (hook,
+    configure, oci-edits) want that; a diagnosis (``info``, ``list``, ``doctor``) passes ``False`` and always asks
+    the driver, since the cache is checked against ``/proc`` and the library file, not against NVML itself: a
+    driver whose ``nvmlInit`` now fails would still be served the old answer.
     """
     from nvc.nvml.cache import cached_query
 
@@ -63,12 +68,10 @@ def query_nvml(
         from nvc.kmods import load_kernel_modules
 
         load_kernel_modules(driver_root)
-    info = cached_query(
-        library,
-        driver_root,
-        lambda: query_driver(library, driver_root=driver_root, timeout=NVML_TIMEOUT_SECONDS, user=user),
-        user=user,
-    )
+    def ask() -> DriverInfo:
+        return query_driver(library, driver_root=driver_root, timeout=NVML_TIMEOUT_SECONDS, user=user)
+
+    info = cached_query(library, driver_root, ask, user=user) if use_cache else ask()
     if load_kmods:
         load_kernel_modules(driver_root, [gpu.minor for gpu in info.gpus])
     return info
@@ -89,8 +92,11 @@ def build_inventory(
     allow_no_nvml: bool = False,
     environ: dict[str, str] | None = None,
     load_kmods: bool = False,
+    use_nvml_cache: bool = True,
 ) -> Inventory:
     """Everything the host offers. NVML failures raise unless ``allow_no_nvml`` (then ``driver_info`` is None).
+
+    ``use_nvml_cache``: see :func:`query_nvml`'s ``use_cache`` (container starts only).
 
     The file discovery (and the NVML library's lookup) is cached by :mod:`nvc.inventory_cache`: while its entry
     holds, the ld.so.cache is neither read nor parsed.
@@ -99,13 +105,15 @@ def build_inventory(
 
     store = InventoryCache.open(driver_root, ldcache, environ)
     try:
-        return _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store)
+        return _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store,
+                                use_nvml_cache)
     finally:
         if store is not None:
             store.close()
 
 
-def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store) -> Inventory:
+def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store,
+                     use_nvml_cache) -> Inventory:
     cache = None
     library = store.nvml_library() if store is not None else None
     library_error: NvcError | None = None
@@ -122,7 +130,8 @@ def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_km
     try:
         if library_error is not None:
             raise library_error
-        info = query_nvml(driver_root, ldcache, user, load_kmods=load_kmods, library=library)
+        info = query_nvml(driver_root, ldcache, user, load_kmods=load_kmods, library=library,
+                          use_cache=use_nvml_cache)
         version = info.driver_version
     except NvcError as exc:
         if not allow_no_nvml or exc.stage != "initialization":

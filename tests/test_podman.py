@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.host_residue import HostResidue
 from fixtures.rootfs import apt_install, mounts_under, safe_rmtree
 from fixtures.runtimes import oci_image_tar
 from tests.test_e2e_runtimes import PROBE, assert_gpu_container, container_rootfs
@@ -46,9 +47,12 @@ REPO = Path(__file__).resolve().parent.parent
 HOOK_JSON = REPO / "hooks" / "oci-nvidia-hook.json"
 IMAGE = "localhost/nvc-gpu-probe:latest"
 _MIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-# What a podman run could create outside its private dirs; none of these may appear.
+# What a podman run could create outside its private dirs; nothing new may appear at or below these.
 SYSTEM_PATHS = ("/run/runc", "/run/crun", "/run/libpod", "/run/containers", "/var/lib/containers", "/run/netns",
                 "/var/lib/cni", "/etc/cni/net.d/cni.lock")
+# The one file podman 4.3 as root writes there whatever its flags: containers/image's blob-info cache (c/image 5.23
+# hard-codes this path for euid 0). Removed again when this run created it; see fixtures/host_residue.py.
+BLOB_INFO_CACHE = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
 
 
 def _cgroup_dirs(name: str) -> list[Path]:
@@ -196,7 +200,7 @@ def hooks_dir(dest: Path, hook_path: Path, extra_env: Sequence[str] = ()) -> Pat
 def podman(tmp_path_factory, podman_version) -> Iterator[Podman]:
     """A private podman with the probe image loaded; on teardown nothing of it may remain on the host."""
     mounts_before = set(mounts_under("/"))
-    system_before = {p for p in SYSTEM_PATHS if os.path.lexists(p)}
+    residue = HostResidue.take(SYSTEM_PATHS, tolerated=[BLOB_INFO_CACHE])
     work = tmp_path_factory.mktemp("podman")
     # podman refuses a runroot longer than 50 characters ("the specified runroot is longer than 50 characters"):
     # its state lives in a short dir of its own.
@@ -212,7 +216,7 @@ def podman(tmp_path_factory, podman_version) -> Iterator[Podman]:
         safe_rmtree(work)
         problems += [f"new mount {m}" for m in set(mounts_under("/")) - mounts_before
                      if m.startswith((str(work), str(lab.base))) or any(m.startswith(p) for p in SYSTEM_PATHS)]
-        problems += [f"created {p}" for p in SYSTEM_PATHS if os.path.lexists(p) and p not in system_before]
+        problems += residue.settle()
         assert not problems, "podman left behind:\n  " + "\n  ".join(problems)
 
 

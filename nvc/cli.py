@@ -231,14 +231,16 @@ def setup_docker(runtime, config_path, runtime_name, runsc_path, shim_path, set_
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
-@click.option("--root", "host_root", default="/", show_default=True, metavar="DIR", help="Diagnose a host at DIR.")
+@click.option("--root", "host_root", metavar="DIR", help="Diagnose a host at DIR (same as the global --root).")
 @click.option("--path", "runtime_path", metavar="PATH", help="PATH of containerd/dockerd (default: systemd's).")
 @click.option("--probe", is_flag=True, help="Start a test sandbox on each runsc platform in use (root).")
-def doctor(as_json: bool, host_root: str, runtime_path: str | None, probe: bool) -> None:
-    """Check this host's GPU container setup (containerd, docker, runsc, hooks, driver) and say how to fix it."""
+@click.pass_obj
+def doctor(opts: GlobalOptions, as_json: bool, host_root: str | None, runtime_path: str | None, probe: bool) -> None:
+    """Check this host's GPU container setup (driver, containerd, docker, runsc, hooks) and say how to fix it."""
     from nvc.doctor import DoctorPaths, diagnose, findings_to_json, format_findings, has_errors
 
-    paths = DoctorPaths(root=host_root, probe=probe, **({"runtime_path": runtime_path} if runtime_path else {}))
+    paths = DoctorPaths(root=_doctor_root(opts.root, host_root), ldcache=opts.ldcache, probe=probe,
+                        **({"runtime_path": runtime_path} if runtime_path else {}))
     findings = diagnose(paths)
     if as_json:
         from nvc.listing import format_json
@@ -295,6 +297,20 @@ def cdi_generate(opts: GlobalOptions, output, spec_format, driver_root, dev_root
         write_spec(output, text)
     else:
         _write(text)
+
+
+def _doctor_root(global_root: str, doctor_root: str | None) -> str:
+    """`nvc --root DIR doctor` and `nvc doctor --root DIR` diagnose the same DIR. Given both, they must agree (the
+    global one is "/" unless set): two different hosts in one command line is a mistake, not a precedence rule."""
+    if doctor_root is None:
+        return global_root
+    if not doctor_root.startswith("/"):
+        raise NvcError("input", f"invalid driver root: {doctor_root}")
+    doctor_root = os.path.normpath(doctor_root)
+    if global_root != "/" and doctor_root != global_root:
+        raise NvcError("input", f"doctor --root {doctor_root} and the global --root {global_root} name different "
+                                "hosts: give one")
+    return doctor_root
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,8 @@ class DoctorPaths:
     # a binary found only in a login shell's PATH is invisible to runsc.
     runtime_path: str = SERVICE_PATH
     proc_driver_version: str = "/proc/driver/nvidia/version"
+    ldcache: str = "/etc/ld.so.cache"  # the root's ld.so.cache, through which the driver libraries are found
+    driver_checks: bool = True  # run nvc.doctor_driver's checks (kernel module, libraries, NVML, nvidia-smi, /dev)
     proc_devices: str = "/proc/devices"
     dev_dir: str = "/dev"
     run: Callable[[Sequence[str]], CommandResult | None] = run_command
@@ -863,18 +865,7 @@ def _check_driver(ctx: _Context) -> list[Finding]:
     gvisor = [r for r in ctx.gpu_runtimes if r.kind == "runsc"]
     text = paths.read(paths.proc_driver_version)
     if text is None:
-        if not ctx.gpu_runtimes:
-            return []
-        return [
-            Finding(
-                "warning",
-                f"no NVIDIA kernel driver loaded ({paths.proc_driver_version} is missing)",
-                "GPU containers get nothing to use until the driver loads (runsc and `--load-kmods` try "
-                "`modprobe nvidia`, which fails if the module is not installed)",
-                "install the NVIDIA driver, or `modprobe nvidia`",
-                "driver.not-loaded",
-            )
-        ]
+        return []  # nvc.doctor_driver reports the missing kernel module, whatever else is set up
     host_version = parse_nvrm_version(text)
     if host_version is None:
         return [
@@ -928,9 +919,7 @@ def _check_driver(ctx: _Context) -> list[Finding]:
                     "driver.gvisor-unknown",
                 )
             )
-    if not gvisor:
-        findings.append(Finding("ok", f"host driver {host_version}", check="driver.version"))
-    return findings
+    return findings  # the version itself: nvc.doctor_driver's kernel-module finding
 
 
 # Which /proc/devices names own a node: 195 is "nvidia-frontend" (older drivers) or "nvidia"; the rest are dynamic.
@@ -1032,7 +1021,8 @@ def _some(items: list[str], limit: int = 6) -> str:
 
 
 def diagnose(paths: DoctorPaths | None = None) -> list[Finding]:
-    """Run every check; findings in check order (configs, hooks, runsc, CLI, driver, device nodes)."""
+    """Run every check; findings in check order (configs, hooks, runsc, CLI, driver, device nodes, then
+    :mod:`nvc.doctor_driver`'s driver chain, run whatever else is set up)."""
     ctx = _Context(paths or DoctorPaths())
     findings = _check_containerd(ctx)
     findings += _check_docker(ctx)
@@ -1053,6 +1043,10 @@ def diagnose(paths: DoctorPaths | None = None) -> list[Finding]:
                 "setup.none",
             )
         )
+    if ctx.paths.driver_checks:
+        from nvc.doctor_driver import check_driver
+
+        findings += check_driver(ctx.paths)
     return findings
 
 

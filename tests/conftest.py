@@ -33,6 +33,9 @@ def fixture_set():
 @pytest.fixture(scope="session", autouse=True)
 def private_nvml_cache(tmp_path_factory):
     """Keep the NVML answer cache of the whole run (and every nvc process it starts) out of /run/nvc."""
+    from fixtures.host_residue import files_naming
+    from nvc.nvml.cache import DEFAULT_CACHE_DIR
+
     path = tmp_path_factory.mktemp("nvml-cache")
     path.chmod(0o700)
     old = os.environ.get("NVC_CACHE_DIR")
@@ -42,6 +45,13 @@ def private_nvml_cache(tmp_path_factory):
         os.environ.pop("NVC_CACHE_DIR", None)
     else:
         os.environ["NVC_CACHE_DIR"] = old
+    # A hook or CLI started by a runtime whose environment lost NVC_CACHE_DIR writes to the host's cache instead:
+    # a test writing on the host, and a next run's outcome depending on it. Entries keyed by our temporary driver
+    # roots can only come from this run.
+    leaked = files_naming(DEFAULT_CACHE_DIR, str(tmp_path_factory.getbasetemp()))
+    for entry in leaked:
+        os.unlink(entry)
+    assert not leaked, f"this test run wrote to the host's cache {DEFAULT_CACHE_DIR}: {leaked}"
 
 
 @pytest.fixture(scope="module")

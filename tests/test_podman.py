@@ -183,7 +183,8 @@ def hook_env(tmp_path_factory, host) -> tuple[Path, list[str]]:
     hook.chmod(0o755)
     config = tmp_path_factory.mktemp("etc") / "config.toml"
     config.write_text(f'[nvidia-container-cli]\nroot = "{host.root}"\n')
-    return hook, [f"NVIDIA_CTK_CONFIG_FILE_PATH={config}", *(f"{k}={v}" for k, v in host.env.items())]
+    cache = [f"NVC_CACHE_DIR={os.environ['NVC_CACHE_DIR']}"] if "NVC_CACHE_DIR" in os.environ else []
+    return hook, [f"NVIDIA_CTK_CONFIG_FILE_PATH={config}", *(f"{k}={v}" for k, v in host.env.items()), *cache]
 
 
 def hooks_dir(dest: Path, hook_path: Path, extra_env: Sequence[str] = ()) -> Path:

@@ -169,6 +169,8 @@ class Shim:
         self.config.write_text(f'[nvidia-container-runtime]\nruntimes = ["{runtime}"]\n')
         self.env = {"PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO),
                     "NVIDIA_CTK_CONFIG_FILE_PATH": str(self.config), "FAKE_RUNTIME_OUT": str(self.out)}
+        if "NVC_CACHE_DIR" in os.environ:  # the run's private cache (tests/conftest.py), not the host's /run/nvc
+            self.env["NVC_CACHE_DIR"] = os.environ["NVC_CACHE_DIR"]
 
     def __call__(self, *args: str, bundle: Path | None = None, env: dict[str, str] | None = None):
         run_env = dict(self.env, **(env or {}))

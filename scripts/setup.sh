@@ -6,7 +6,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${NVC_VENV:-$REPO/.venv}"
 
 apt_packages=(gcc libc6-dev dpkg apt ca-certificates debian-archive-keyring python3-venv util-linux
-              runc crun runsc containerd podman busybox-static debootstrap)
+              runc crun runsc containerd podman docker.io busybox-static debootstrap)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -80,3 +80,15 @@ def test_new_watched_file_and_symlinks_are_not_followed(tmp_path):
 def test_tolerated_paths_must_be_watched(tmp_path):
     with pytest.raises(ValueError, match="tolerated"):
         HostResidue.take([str(tmp_path / "a")], tolerated=[str(tmp_path / "ab" / "file")])
+
+
+def test_tolerated_directory_goes_only_when_empty(tmp_path):
+    run = tmp_path / "run-containerd"
+    shim_dir = run / "s"
+    residue = HostResidue.take([str(run)], tolerated=[str(shim_dir)])
+    shim_dir.mkdir(parents=True)
+    assert residue.settle() == [] and not run.exists()
+    residue = HostResidue.take([str(run)], tolerated=[str(shim_dir)])
+    shim_dir.mkdir(parents=True)
+    (shim_dir / "0123abcd").write_text("")  # a shim's socket left behind
+    assert residue.settle() == [f"created {run}"]

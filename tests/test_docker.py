@@ -15,6 +15,7 @@ A container that asks for no GPU gets nothing. One dockerd serves the module.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -61,7 +62,8 @@ def test_docker_gpus_flag_runs_our_hook_from_the_daemons_path(docker):
 
 
 def test_docker_nvidia_runtime_from_daemon_json(docker):
-    assert '"nvidia"' in docker.config.read_text() and "nvidia-container-runtime" in docker.config.read_text()
+    config = json.loads(docker.config.read_text())  # written by `nvc setup docker --runtime runc`'s code
+    assert config["runtimes"]["nvidia"]["path"].endswith("/nvidia-container-runtime")
     res = docker.run(IMAGE, ["sh", "-c", DOCKER_PROBE],
                      ["--runtime=nvidia", "-e", "NVIDIA_VISIBLE_DEVICES=1", *STUB])
     assert res.returncode == 0, res.stderr + docker.log_tail()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.host_residue import HostResidue
 from fixtures.rootfs import mounts_under, safe_rmtree
 from fixtures.runtimes import oci_image_tar
 from tests.test_e2e_runtimes import PROBE, assert_gpu_container, container_rootfs
@@ -83,7 +84,7 @@ def spec_dir(tmp_path_factory, host, tools) -> Path:
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory, spec_dir, podman_version) -> Iterator[CdiPodman]:  # noqa: F811
     mounts_before = set(mounts_under("/"))
-    system_before = {p for p in (*SYSTEM_PATHS, "/etc/cdi", "/var/run/cdi") if os.path.lexists(p)}
+    residue = HostResidue.take((*SYSTEM_PATHS, "/etc/cdi", "/var/run/cdi"))  # every new path below them, too
     work = tmp_path_factory.mktemp("podman")
     lab = CdiPodman(Path(tempfile.mkdtemp(prefix="nvc-cdi-", dir="/tmp")), spec_dir)
     try:
@@ -97,8 +98,7 @@ def podman(tmp_path_factory, spec_dir, podman_version) -> Iterator[CdiPodman]:  
         safe_rmtree(work)
         problems += [f"new mount {m}" for m in set(mounts_under("/")) - mounts_before
                      if m.startswith((str(work), str(lab.base), "/etc"))]
-        problems += [f"created {p}" for p in (*SYSTEM_PATHS, "/etc/cdi", "/var/run/cdi")
-                     if os.path.lexists(p) and p not in system_before]
+        problems += residue.settle()
         assert not problems, "podman left behind:\n  " + "\n  ".join(problems)
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 
 
-def replace_file(name: str, data: bytes, mode: int, *, dir_fd: int | None = None, fsync: bool = False) -> None:
-    """Atomically make ``name`` (relative to ``dir_fd`` when given) hold ``data`` with permissions ``mode``."""
+def replace_file(
+    name: str, data: bytes, mode: int, *, dir_fd: int | None = None, fsync: bool = False, mtime_ns: int | None = None
+) -> None:
+    """Atomically make ``name`` (relative to ``dir_fd`` when given) hold ``data`` with permissions ``mode``; with
+    ``mtime_ns``, the file carries that modification time from the moment it appears under ``name``."""
     head, base = os.path.split(name)
     tmp = os.path.join(head, f".{base}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
@@ -23,6 +26,8 @@ def replace_file(name: str, data: bytes, mode: int, *, dir_fd: int | None = None
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
             if fsync:
                 os.fsync(fd)
         finally:

@@ -16,6 +16,13 @@ from __future__ import annotations
 import os
 
 from nvc.components import ALL_CAPABILITIES, Capability
+from nvc.config_location import (  # noqa: F401 - re-exported: the location rule lives there
+    CONFIG_PATH_ENV,
+    DEFAULT_CONFIG_PATH,
+    RELATIVE_CONFIG_PATH,
+    XDG_CONFIG_HOME_ENV,
+    config_file_path,
+)
 from nvc.errors import NvcError
 from nvc.record import field, fields, is_record, record, replace
 
@@ -26,10 +33,6 @@ if TYPE_CHECKING:
 
     PathExists = Callable[[str], bool]
 
-CONFIG_PATH_ENV = "NVIDIA_CTK_CONFIG_FILE_PATH"
-XDG_CONFIG_HOME_ENV = "XDG_CONFIG_HOME"
-RELATIVE_CONFIG_PATH = "nvidia-container-runtime/config.toml"
-DEFAULT_CONFIG_PATH = "/etc/" + RELATIVE_CONFIG_PATH
 
 DEFAULT_LDCONFIG = "@/sbin/ldconfig"
 # "" is NVIDIA's "unset": the hook then passes --cuda-compat-mode=disabled, or no flag at all with
@@ -180,16 +183,6 @@ def normalize_ldconfig_path(value: str, path_exists: PathExists = os.path.exists
 def default_config(path_exists: PathExists = os.path.exists) -> RuntimeConfig:
     """The built-in defaults (no file), with the ldconfig default resolved against the host."""
     return RuntimeConfig(cli=ContainerCliConfig(ldconfig=normalize_ldconfig_path(DEFAULT_LDCONFIG, path_exists)))
-
-
-def config_file_path(environ: Mapping[str, str] = os.environ) -> tuple[str, bool]:
-    """Where the config lives and whether it must exist: ``$NVIDIA_CTK_CONFIG_FILE_PATH`` (required), else
-    ``${XDG_CONFIG_HOME:-/etc}/nvidia-container-runtime/config.toml`` (optional)."""
-    override = environ.get(CONFIG_PATH_ENV, "")
-    if override:
-        return override, True
-    root = environ.get(XDG_CONFIG_HOME_ENV, "") or "/etc"
-    return os.path.join(root, RELATIVE_CONFIG_PATH), False
 
 
 def load_config(

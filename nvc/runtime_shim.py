@@ -136,21 +136,35 @@ def find_bundle(argv: list[str], command_index: int, cwd: str | None = None) -> 
 # --- runtime lookup ---------------------------------------------------------------------------------------------
 
 
+def path_candidates(name: str, path: str | None, fallback: tuple[str, ...] = ()) -> list[str]:
+    """Where :func:`which` looks for ``name``, in order: the name itself when it holds a ``/``, else each PATH
+    directory (an empty entry is the working directory), then ``fallback``."""
+    if "/" in name:
+        return [name]
+    return [os.path.join(directory or ".", name) for directory in [*(path or "").split(os.pathsep), *fallback]]
+
+
+def is_executable_file(path: str) -> bool:
+    """What :func:`which` accepts: executable for us and not a directory."""
+    return os.access(path, os.X_OK) and not os.path.isdir(path)
+
+
 def which(name: str, path: str | None, fallback: tuple[str, ...] = ()) -> str | None:
     """``name`` as an executable: an absolute path is taken as is (if executable), else searched in PATH (then in
     ``fallback``). No shutil: this runs on the pass-through path."""
-    if "/" in name:
-        return os.path.abspath(name) if os.access(name, os.X_OK) and not os.path.isdir(name) else None
-    for directory in [*(path or "").split(os.pathsep), *fallback]:
-        candidate = os.path.join(directory or ".", name)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate if os.path.isabs(candidate) else os.path.abspath(candidate)
+    for candidate in path_candidates(name, path, fallback):
+        if is_executable_file(candidate):
+            return candidate if os.path.isabs(candidate) and "/" not in name else os.path.abspath(candidate)
     return None
+
+
+def _this_shim() -> str | None:
+    return os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else None
 
 
 def find_runtime(runtimes: tuple[str, ...] | list[str], environ: Mapping[str, str]) -> str:
     """The first of ``runtimes`` found (absolute entries as they are), never this shim itself."""
-    me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    me = _this_shim()
     for name in runtimes:
         found = which(name, environ.get("PATH"))
         if found and os.path.realpath(found) != me:
@@ -162,9 +176,9 @@ def passthrough_runtimes(environ: Mapping[str, str]) -> tuple[str, ...]:
     """``[nvidia-container-runtime] runtimes`` from config.toml without loading the whole config: the file is
     only opened when it exists, and only tomllib is imported. Unreadable or malformed → the defaults (the
     ``create`` path validates the file properly and reports errors there)."""
-    override = environ.get("NVIDIA_CTK_CONFIG_FILE_PATH", "")
-    path = override or os.path.join(environ.get("XDG_CONFIG_HOME", "") or "/etc",
-                                    "nvidia-container-runtime/config.toml")
+    from nvc.config_location import config_file_path
+
+    path, _required = config_file_path(environ)
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -320,6 +334,9 @@ def prepare_create(argv: list[str], command_index: int, environ: Mapping[str, st
         for line in ignored_settings(config):
             log.warning(line, where="runtime")
     runtime = find_runtime(config.runtime.runtimes, environ)
+    from nvc.prefilter import remember_shim_decision
+
+    remember_shim_decision(environ, config, runtime, _this_shim())
     bundle = find_bundle(argv, command_index)
     spec = load_spec(bundle)
     gpu = gpu_request_from_spec(spec, config)

@@ -34,11 +34,10 @@ File format (``<sha256 of the key>.json``)::
 
 from __future__ import annotations
 
+# proc_driver and rootpath are imported where they are used: the hook's pre-filter (nvc.prefilter) uses this
+# module's private-file helpers on every container start and needs nothing else from here.
 import os
 import stat
-
-from nvc.proc_driver import parse_nvrm_version, proc_bus_id
-from nvc.rootpath import host_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -143,6 +142,9 @@ def entry_name(key: dict[str, Any]) -> str:
 
 def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None) -> _State | None:
     """The key and the checked /proc state now; ``None`` when the answer must not be cached."""
+    from nvc.proc_driver import parse_nvrm_version
+    from nvc.rootpath import host_path
+
     root = os.path.realpath(driver_root)
     try:
         version = parse_nvrm_version(_read_small(host_path(root, _PROC + "/version")).decode(errors="replace"))
@@ -175,6 +177,8 @@ def _read_small(path: str) -> bytes:
 
 def _proc_gpus(root: str) -> dict[str, str] | None:
     """``{bus id directory: sha256 of its information file}`` for ``<root>/proc/driver/nvidia/gpus``."""
+    from nvc.rootpath import host_path
+
     gpus_dir = host_path(root, _PROC + "/gpus")
     try:
         names = os.listdir(gpus_dir)
@@ -194,6 +198,8 @@ def _proc_gpus(root: str) -> dict[str, str] | None:
 
 def _capability_names_digest(root: str) -> str | None:
     """SHA-256 of the sorted names under ``<root>/proc/driver/nvidia/capabilities`` (MIG instances live there)."""
+    from nvc.rootpath import host_path
+
     base = host_path(root, _PROC + "/capabilities")
     names: list[str] = []
     pending = [""]
@@ -244,6 +250,7 @@ def open_cache_dir(path: str) -> int | None:
 def _load(dir_fd: int, state: _State) -> DriverInfo | None:
     """The cached answer if the entry is ours, well-formed and still matches ``state``."""
     from nvc.driver_info import DriverInfo
+    from nvc.proc_driver import proc_bus_id
 
     entry = read_json_entry(dir_fd, state.name)
     if (
@@ -318,6 +325,8 @@ def write_private_file(dir_fd: int, name: str, data: bytes) -> None:
 def _store(dir_fd: int, state: _State, info: DriverInfo) -> None:
     """Write the entry atomically: a private temporary file in the same directory, renamed over the name."""
     import json
+
+    from nvc.proc_driver import proc_bus_id
 
     if {proc_bus_id(gpu.bus_id) for gpu in info.gpus} != set(state.gpus):
         return  # NVML and /proc disagree (a GPU NVML cannot see?): such an entry would never validate

@@ -1,0 +1,268 @@
+"""Deciding cheaply, before any rule runs, that a container cannot be a GPU container: a conservative pre-filter.
+
+Every container on a GPU node goes through the runtime shim, and every container whose runtime has our hook goes
+through the hook, GPU or not. NVIDIA's rules (:mod:`nvc.container_env`) decide from the parsed ``config.json`` and
+config.toml; this module only answers "surely not a GPU container" or "maybe": a ``config.json`` that contains
+none of :func:`markers_for`'s strings cannot make :func:`nvc.container_env.gpu_request_from_spec` return a
+request, whatever the rules say in detail. Why each marker:
+
+* ``NVIDIA_``: ``NVIDIA_VISIBLE_DEVICES`` and every other variable the rules read;
+* ``CUDA_VERSION``: a legacy CUDA image gets all GPUs without ``NVIDIA_VISIBLE_DEVICES``;
+* ``nvidia-container-devices``: device lists given as volume mounts (the path may be spelled with ``//``, ``/./``
+  or ``\\/``, never without this word);
+* config.toml's ``swarm-resource`` names and the CDI annotation prefixes, cut before the first character JSON may
+  escape (``/``, ``"``, ``\\``, control and non-ASCII characters);
+* ``\\u``: JSON can spell any of the above with ``\\u`` escapes; its other escapes produce no letter, digit,
+  ``_`` or ``-``;
+* a NUL byte: JSON in UTF-16 or UTF-32 (which the spec reader accepts) holds no ASCII marker but always NULs.
+
+So the filter can only err towards "maybe", which costs the full decision, never towards skipping a GPU container.
+A spec that is broken in ways the rules would report (an env entry without ``=``, malformed JSON) but carries no
+marker is left to the low-level runtime to judge, as for any container that is not ours.
+
+The markers depend on config.toml, so the slow path memoises them, with what they depend on, in the answer cache
+directory (``/run/nvc``, :mod:`nvc.nvml.cache`'s rules: root-only, never through a symlink):
+
+* ``hook-prefilter.json`` for the hook (:func:`hook_may_skip`), valid while config.toml keeps its identity
+  (device, inode, size, mtime, ctime) — the config cache's own key;
+* ``runtime-shim.memo`` (plus a content-addressed ``runtime-shim-markers-*.pat``) for the runtime shim's sh
+  launcher, which decides without starting Python (scripts/launchers/nvidia-container-runtime). sh can only compare
+  modification times, so the memo carries config.toml's mtime as its own, and is only written when config.toml has
+  not changed (mtime and ctime) for :data:`SETTLE_NS`: any later change gets a later mtime. Only a file given
+  different content *and* the very same nanosecond mtime on purpose (``touch -r``) would be missed until reboot;
+  ``NVC_NO_CACHE=1`` turns every memo off. The memo also records the environment the decision read and every
+  runtime candidate the PATH search rejected, which the launcher re-checks.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from nvc.runtime_config import RuntimeConfig
+
+FORMAT = 1
+HOOK_MEMO = "hook-prefilter.json"
+SHIM_MEMO = "runtime-shim.memo"
+SHIM_MEMO_MAGIC = "nvc-runtime-shim-memo 1"
+SHIM_MARKERS_PREFIX = "runtime-shim-markers-"
+SHIM_MARKERS_SUFFIX = ".pat"
+#: config.toml must have been left alone this long before a memo may rely on its mtime (timestamps are coarse).
+SETTLE_NS = 2_000_000_000
+
+FIXED_MARKERS = ("NVIDIA_", "CUDA_VERSION", "nvidia-container-devices", "\\u", "\0")
+
+
+def _literal_prefix(text: str) -> str:
+    """The part of ``text`` that appears verbatim in any JSON spelling of it: up to the first character a JSON
+    writer may escape. An empty result matches everything, which is the safe answer."""
+    for i, ch in enumerate(text):
+        if ch in '/"\\' or ord(ch) < 0x20 or ord(ch) >= 0x7F:
+            return text[:i]
+    return text
+
+
+def markers_for(config: RuntimeConfig) -> tuple[str, ...]:
+    """The strings one of which every GPU container's ``config.json`` contains, under ``config``."""
+    extra = (*config.swarm_resource, *config.runtime.modes.cdi.annotation_prefixes)
+    return tuple(dict.fromkeys((*FIXED_MARKERS, *(_literal_prefix(name) for name in extra))))
+
+
+def may_request_gpu(data: bytes, markers: Iterable[str]) -> bool:
+    """False only when ``data`` (a ``config.json``) contains none of ``markers``."""
+    return any(marker.encode() in data for marker in markers)
+
+
+def _config_identity(path: str) -> list[int] | bool | None:
+    """config.toml's identity, ``None`` when it does not exist (ENOENT), ``False`` when it is unusable."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    if (st.st_mode & 0o170000) != 0o100000:  # not a regular file: S_ISREG without importing stat
+        return False
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _settled(identity: list[int] | None) -> bool:
+    import time
+
+    return identity is None or time.time_ns() - max(identity[3], identity[4]) >= SETTLE_NS
+
+
+# --- the hook ---------------------------------------------------------------------------------------------------
+
+
+def hook_may_skip(config_arg: str | None, environ: Mapping[str, str], raw_state: bytes) -> bool:
+    """True when the hook may exit 0 at once: the memo for this config.toml is valid and the bundle's
+    ``config.json`` holds none of its markers. Any doubt (no memo, a changed config, an odd state) is False."""
+    from nvc import jsonfast
+    from nvc.config_location import config_file_path
+    from nvc.nvml import cache as store
+
+    if store.caching_disabled(environ):
+        return False
+    path, required = (config_arg, True) if config_arg else config_file_path(environ)
+    dir_fd = store.open_cache_dir(store.cache_dir_path())
+    if dir_fd is None:
+        return False
+    try:
+        memo = store.read_private_file(dir_fd, HOOK_MEMO)
+    finally:
+        os.close(dir_fd)
+    try:
+        entry = jsonfast.loads(memo) if memo is not None else None
+        state = jsonfast.loads(raw_state)
+    except ValueError:
+        return False
+    if (
+        not isinstance(entry, dict)
+        or entry.get("format") != FORMAT
+        or entry.get("config") != os.path.abspath(path)
+        or entry.get("required") is not required
+        or entry.get("id") != _config_identity(path)
+        or (entry.get("id") is None and required)
+    ):
+        return False
+    markers = entry.get("markers")
+    if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers) or not isinstance(state, dict):
+        return False
+    bundle = state.get("bundle") or state.get("bundlePath") or os.getcwd()
+    pid = state.get("pid")
+    if not isinstance(bundle, str) or type(pid) is not int or pid <= 0:
+        return False
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    return not may_request_gpu(data, markers)
+
+
+def remember_hook_config(config_arg: str | None, environ: Mapping[str, str], config: RuntimeConfig) -> None:
+    """After the hook loaded ``config`` without error: memoise its markers for :func:`hook_may_skip`. Never
+    raises; writes only when the entry changes."""
+    try:
+        _remember_hook_config(config_arg, environ, config)
+    except Exception:  # a memo we cannot write only costs the next start the full path
+        pass
+
+
+def _remember_hook_config(config_arg: str | None, environ: Mapping[str, str], config: RuntimeConfig) -> None:
+    from nvc import jsonfast
+    from nvc.config_location import config_file_path
+    from nvc.nvml import cache as store
+
+    if store.caching_disabled(environ):
+        return
+    path, required = (config_arg, True) if config_arg else config_file_path(environ)
+    identity = _config_identity(path)
+    if identity is False or (identity is None and required) or not _settled(identity):
+        return
+    entry = {"format": FORMAT, "config": os.path.abspath(path), "required": required, "id": identity,
+             "markers": list(markers_for(config))}
+    data = jsonfast.dumps(entry, sort_keys=True).encode()
+    dir_fd = store.open_cache_dir(store.cache_dir_path())
+    if dir_fd is None:
+        return
+    try:
+        if store.read_private_file(dir_fd, HOOK_MEMO) != data:
+            store.write_private_file(dir_fd, HOOK_MEMO, data)
+    finally:
+        os.close(dir_fd)
+
+
+# --- the runtime shim -------------------------------------------------------------------------------------------
+
+
+def remember_shim_decision(environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None) -> None:
+    """After the shim's ``create``/``run`` loaded ``config`` and found ``runtime``: write the memo its sh launcher
+    decides from (module docstring). Never raises; writes only when the memo changes."""
+    try:
+        _remember_shim_decision(environ, config, runtime, me)
+    except Exception:  # a memo we cannot write only costs the next call a Python start
+        pass
+
+
+def shim_memo_lines(
+    environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None
+) -> tuple[list[str], int | None] | None:
+    """The memo's lines (without the markers line) and the mtime it must carry; None when the decision must not
+    be memoised: it depends on the working directory, on this shim's own path, on a debug log that must see every
+    call, or on a config.toml that changed too recently."""
+    from nvc.config_location import CONFIG_PATH_ENV, XDG_CONFIG_HOME_ENV, config_file_path
+    from nvc.runtime_shim import is_executable_file, path_candidates
+
+    if config.runtime.debug not in ("", "/dev/null") or me is None:
+        return None
+    path, required = config_file_path(environ)
+    identity = _config_identity(path)
+    if not os.path.isabs(path) or identity is False or (identity is None and required) or not _settled(identity):
+        return None
+    lines = [SHIM_MEMO_MAGIC, f"ctk {environ.get(CONFIG_PATH_ENV, '')}", f"xdg {environ.get(XDG_CONFIG_HOME_ENV, '')}",
+             f"path {environ.get('PATH', '')}", f"config {path}", "absent" if identity is None else "file"]
+    hit = None
+    for name in config.runtime.runtimes:
+        if "/" in name and os.path.abspath(name) != name:
+            return None  # which() checks the name but returns it normalised: sh could not tell them apart
+        for candidate in path_candidates(name, environ.get("PATH")):
+            if not os.path.isabs(candidate):
+                return None  # found relative to the working directory
+            if is_executable_file(candidate):
+                if os.path.realpath(candidate) == me:
+                    return None
+                hit = candidate
+                break
+            lines.append(f"skip {candidate}")
+        if hit is not None:
+            break
+    if hit != runtime:
+        return None
+    lines.append(f"runtime {hit}")
+    if any("\n" in line for line in lines):
+        return None
+    return lines, None if identity is None else identity[3]
+
+
+def _remember_shim_decision(environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None) -> None:
+    from nvc.atomic_write import replace_file
+    from nvc.nvml import cache as store
+
+    if store.caching_disabled(environ):
+        return
+    found = shim_memo_lines(environ, config, runtime, me)
+    if found is None:
+        return
+    lines, mtime_ns = found
+    patterns = ("\n".join(markers_for(config)) + "\n").encode()
+    pattern_name = SHIM_MARKERS_PREFIX + store.sha256_hex(patterns)[:32] + SHIM_MARKERS_SUFFIX
+    memo = ("\n".join([*lines[:-1], f"markers {pattern_name}", lines[-1], "end"]) + "\n").encode()
+    dir_fd = store.open_cache_dir(store.cache_dir_path())
+    if dir_fd is None:
+        return
+    try:
+        if store.read_private_file(dir_fd, pattern_name) != patterns:
+            replace_file(pattern_name, patterns, 0o600, dir_fd=dir_fd)
+            _drop_other_pattern_files(dir_fd, keep=pattern_name)
+        if store.read_private_file(dir_fd, SHIM_MEMO) == memo and (
+            mtime_ns is None or os.stat(SHIM_MEMO, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns == mtime_ns
+        ):
+            return
+        replace_file(SHIM_MEMO, memo, 0o600, dir_fd=dir_fd, mtime_ns=mtime_ns)
+    finally:
+        os.close(dir_fd)
+
+
+def _drop_other_pattern_files(dir_fd: int, keep: str) -> None:
+    """Marker files of earlier configs. A memo that still names one just sends its next call to Python."""
+    for name in os.listdir(dir_fd):
+        if name != keep and name.startswith(SHIM_MARKERS_PREFIX) and name.endswith(SHIM_MARKERS_SUFFIX):
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                pass

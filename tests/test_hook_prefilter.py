@@ -1,0 +1,88 @@
+"""The hook's pre-filter (nvc/prefilter.py): a container whose config.json carries no GPU marker is left alone
+without loading config.toml or NVIDIA's rules — but only while the memo the full path wrote still matches
+config.toml, and never when a debug log or -debug asks to see every container."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nvc import prefilter
+
+REPO = Path(__file__).resolve().parent.parent
+# Runs the hook in a fresh interpreter and says whether it took the full path (config and rules loaded).
+PROBE = ("import sys; from nvc.hook import main; rc = main(sys.argv[1:]); "
+         "sys.stderr.write('FULL\\n' if 'nvc.container_env' in sys.modules else 'SKIPPED\\n'); sys.exit(rc)")
+
+
+@pytest.fixture(scope="module")
+def settled(tmp_path_factory):
+    """A config.toml old enough for a memo (its ctime cannot be set back: wait once for the module)."""
+    base = tmp_path_factory.mktemp("hookpf")
+    config = base / "config.toml"
+    config.write_text('swarm-resource = "MY_GPU"\n')
+    other = base / "other.toml"
+    other.write_text("")
+    time.sleep(prefilter.SETTLE_NS / 1e9 + 0.1)
+    return base, config, other
+
+
+def hook(tmp: Path, config: Path, env_list: list[str], *flags: str, extra_env: dict | None = None):
+    bundle = tmp / "b"
+    bundle.mkdir(exist_ok=True)
+    spec = {"ociVersion": "1.0.2", "process": {"env": env_list, "capabilities": {"bounding": []}},
+            "root": {"path": "rootfs"}, "mounts": []}
+    (bundle / "config.json").write_text(json.dumps(spec))
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "NVC_CACHE_DIR": str(tmp / "cache"),
+           "NVIDIA_CTK_CONFIG_FILE_PATH": str(config), **(extra_env or {})}
+    state = json.dumps({"ociVersion": "1.0.2", "id": "x", "pid": os.getpid(), "bundle": str(bundle)})
+    res = subprocess.run([sys.executable, "-I", "-c", PROBE, *flags, "prestart"], input=state, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    *lines, last = res.stderr.splitlines()
+    return res.returncode, last, lines
+
+
+def test_no_gpu_container_is_skipped_once_the_memo_exists(settled, tmp_path):
+    _base, config, _other = settled
+    assert hook(tmp_path, config, ["PATH=/bin"]) == (0, "FULL", [])  # first: the full path writes the memo
+    assert (tmp_path / "cache" / prefilter.HOOK_MEMO).exists()
+    assert hook(tmp_path, config, ["PATH=/bin"]) == (0, "SKIPPED", [])
+    assert hook(tmp_path, config, ["PATH=/bin", "BROKEN"])[1] == "SKIPPED"  # not ours to judge: runc's
+    # a marker: the rules decide (void: not a GPU container after all)
+    assert hook(tmp_path, config, ["NVIDIA_VISIBLE_DEVICES=void"]) == (0, "FULL", [])
+    assert hook(tmp_path, config, ["MY_GPU="]) == (0, "FULL", [])  # config.toml's swarm name is a marker
+    # a GPU request is always decided in full (here it fails on the capability: proof the rules ran)
+    rc, went, lines = hook(tmp_path, config, ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=bogus"])
+    assert (rc, went) == (1, "FULL") and "unsupported capabilities" in lines[0]
+    # the debug switches see every container
+    assert hook(tmp_path, config, ["PATH=/bin"], "-debug")[1] == "FULL"
+    assert hook(tmp_path, config, ["PATH=/bin"], extra_env={"NVC_NO_CACHE": "1"})[1] == "FULL"
+
+
+def test_memo_follows_config_identity(settled, tmp_path):
+    _base, config, other = settled
+    assert hook(tmp_path, config, ["PATH=/bin"])[1] == "FULL"
+    assert hook(tmp_path, config, ["PATH=/bin"])[1] == "SKIPPED"
+    assert hook(tmp_path, other, ["PATH=/bin"])[1] == "FULL"  # another file: another memo
+    assert hook(tmp_path, other, ["PATH=/bin"])[1] == "SKIPPED"
+    assert hook(tmp_path, config, ["PATH=/bin"])[1] == "FULL"
+    st = config.stat()
+    os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns))  # same times, new ctime: no longer the same file
+    assert hook(tmp_path, config, ["PATH=/bin"])[1] == "FULL"
+    assert hook(tmp_path, tmp_path / "missing.toml", ["PATH=/bin"])[0] == 1  # required and missing: an error
+    assert hook(tmp_path, tmp_path / "missing.toml", ["PATH=/bin"])[0] == 1
+
+
+def test_broken_config_is_never_skipped(settled, tmp_path):
+    _base, config, _other = settled
+    assert hook(tmp_path, config, ["PATH=/bin"])[1] == "FULL"
+    broken = tmp_path / "broken.toml"
+    broken.write_text("this is = = not toml")
+    rc, went, lines = hook(tmp_path, broken, ["PATH=/bin"])
+    assert (rc, went) == (1, "FULL") and "invalid TOML" in lines[0]  # the full path reports it, as before

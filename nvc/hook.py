@@ -185,6 +185,10 @@ def prepare_hook(config_path: str | None, debug: bool, stdin, environ):
 
     config = load_config(config_path, environ)
     log = open_debug_log(debug_target(config, debug))
+    if not log.enabled:  # the launcher's pre-filter may skip what no debug log has to see
+        from nvc.prefilter import remember_hook_config
+
+        remember_hook_config(config_path, environ, config)
     if log.enabled:
         from nvc.config_keys import ignored_settings
 

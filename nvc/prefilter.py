@@ -34,9 +34,7 @@ directory (``/run/nvc``, :mod:`nvc.nvml.cache`'s rules: root-only, never through
   runtime candidate the PATH search rejected, which the launcher re-checks.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -52,6 +50,10 @@ SHIM_MARKERS_PREFIX = "runtime-shim-markers-"
 SHIM_MARKERS_SUFFIX = ".pat"
 #: config.toml must have been left alone this long before a memo may rely on its mtime (timestamps are coarse).
 SETTLE_NS = 2_000_000_000
+#: The hook stages the launcher's pre-filter handles: only these, with no flag (``-config``, ``-debug``).
+HOOK_STAGES = ("prestart", "createRuntime")
+#: What the hook's pre-filter reads from the environment (the rest of it is none of its business).
+_HOOK_ENV = ("NVIDIA_CTK_CONFIG_FILE_PATH", "XDG_CONFIG_HOME", "NVC_CACHE_DIR", "NVC_NO_CACHE")
 
 FIXED_MARKERS = ("NVIDIA_", "CUDA_VERSION", "nvidia-container-devices", "\\u", "\0")
 
@@ -65,21 +67,21 @@ def _literal_prefix(text: str) -> str:
     return text
 
 
-def markers_for(config: RuntimeConfig) -> tuple[str, ...]:
+def markers_for(config: "RuntimeConfig") -> "tuple[str, ...]":
     """The strings one of which every GPU container's ``config.json`` contains, under ``config``."""
     extra = (*config.swarm_resource, *config.runtime.modes.cdi.annotation_prefixes)
     return tuple(dict.fromkeys((*FIXED_MARKERS, *(_literal_prefix(name) for name in extra))))
 
 
-def may_request_gpu(data: bytes, markers: Iterable[str]) -> bool:
+def may_request_gpu(data: bytes, markers: "Iterable[str]") -> bool:
     """False only when ``data`` (a ``config.json``) contains none of ``markers``."""
     return any(marker.encode() in data for marker in markers)
 
 
-def _config_identity(path: str) -> list[int] | bool | None:
+def _config_identity(path: str) -> "list[int] | bool | None":
     """config.toml's identity, ``None`` when it does not exist (ENOENT), ``False`` when it is unusable."""
     try:
-        st = os.stat(path)
+        st = posix.stat(path)
     except FileNotFoundError:
         return None
     except OSError:
@@ -89,7 +91,7 @@ def _config_identity(path: str) -> list[int] | bool | None:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _settled(identity: list[int] | None) -> bool:
+def _settled(identity: "list[int] | None") -> bool:
     import time
 
     return identity is None or time.time_ns() - max(identity[3], identity[4]) >= SETTLE_NS
@@ -98,89 +100,120 @@ def _settled(identity: list[int] | None) -> bool:
 # --- the hook ---------------------------------------------------------------------------------------------------
 
 
-def hook_may_skip(config_arg: str | None, environ: Mapping[str, str], raw_state: bytes) -> bool:
-    """True when the hook may exit 0 at once: the memo for this config.toml is valid and the bundle's
-    ``config.json`` holds none of its markers. Any doubt (no memo, a changed config, an odd state) is False."""
+def hook_launcher_skips() -> bool:
+    """Called by the hook's launcher (scripts/launchers/) before it imports the hook: True when the hook may exit 0
+    at once. Reads stdin when the stage is one it handles, and puts what it read back as ``sys.stdin`` for the
+    hook when it does not skip. Imports nothing but posix, jsonfast and this package's small helpers."""
+    import sys
+
+    if sys.argv[1:] not in ([stage] for stage in HOOK_STAGES):
+        return False
+    # Everything hook_may_skip imports, before stdin is read: an ImportError after it would lose the state.
+    import io
+
+    from nvc import config_location, jsonfast, private_files  # noqa: F401
+    encoding = sys.getfilesystemencoding()
+    errors = sys.getfilesystemencodeerrors()
+    environ = {}
+    for name in _HOOK_ENV:
+        value = posix.environ.get(name.encode())
+        if value is not None:
+            environ[name] = value.decode(encoding, errors)
+    stdin = sys.stdin
+    raw = stdin.buffer.read()
+    try:
+        return hook_may_skip(environ, raw)
+    except Exception:  # a doubt like any other: the hook decides
+        return False
+    finally:  # the hook reads the same bytes, decoded as stdin would have decoded them
+        sys.stdin = io.TextIOWrapper(io.BytesIO(raw), encoding=stdin.encoding, errors=stdin.errors, newline="\n")
+
+
+def hook_may_skip(environ: "Mapping[str, str]", raw_state: "bytes | str") -> bool:
+    """True when the memo for this config.toml is valid and the bundle's ``config.json`` holds none of its
+    markers. Any doubt (no memo, a changed config, an odd state, an unreadable spec) is False."""
     from nvc import jsonfast
     from nvc.config_location import config_file_path
-    from nvc.nvml import cache as store
+    from nvc.private_files import cache_dir_path, caching_disabled, open_cache_dir, read_private_file
 
-    if store.caching_disabled(environ):
+    if caching_disabled(environ):
         return False
-    path, required = (config_arg, True) if config_arg else config_file_path(environ)
-    dir_fd = store.open_cache_dir(store.cache_dir_path())
+    path, required = config_file_path(environ)
+    if not path.startswith("/"):
+        return False
+    dir_fd = open_cache_dir(cache_dir_path(environ=environ))
     if dir_fd is None:
         return False
     try:
-        memo = store.read_private_file(dir_fd, HOOK_MEMO)
+        memo = read_private_file(dir_fd, HOOK_MEMO)
     finally:
-        os.close(dir_fd)
+        posix.close(dir_fd)
     try:
         entry = jsonfast.loads(memo) if memo is not None else None
         state = jsonfast.loads(raw_state)
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         return False
     if (
         not isinstance(entry, dict)
         or entry.get("format") != FORMAT
-        or entry.get("config") != os.path.abspath(path)
-        or entry.get("required") is not required
+        or entry.get("config") != path
         or entry.get("id") != _config_identity(path)
-        or (entry.get("id") is None and required)
+        or (entry.get("id") is None and required)  # a required config.toml that is missing: the hook's error
     ):
         return False
     markers = entry.get("markers")
     if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers) or not isinstance(state, dict):
         return False
-    bundle = state.get("bundle") or state.get("bundlePath") or os.getcwd()
+    bundle = state.get("bundle") or state.get("bundlePath") or posix.getcwd()
     pid = state.get("pid")
     if not isinstance(bundle, str) or type(pid) is not int or pid <= 0:
         return False
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as handle:
+        with open((bundle if bundle.endswith("/") else bundle + "/") + "config.json", "rb") as handle:
             data = handle.read()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         return False
     return not may_request_gpu(data, markers)
 
 
-def remember_hook_config(config_arg: str | None, environ: Mapping[str, str], config: RuntimeConfig) -> None:
-    """After the hook loaded ``config`` without error: memoise its markers for :func:`hook_may_skip`. Never
-    raises; writes only when the entry changes."""
+def remember_hook_config(config_arg: "str | None", environ: "Mapping[str, str]", config: "RuntimeConfig") -> None:
+    """After the hook loaded ``config`` without error, from the default location: memoise its markers for
+    :func:`hook_may_skip`. Never raises; writes only when the entry changes."""
     try:
         _remember_hook_config(config_arg, environ, config)
     except Exception:  # a memo we cannot write only costs the next start the full path
         pass
 
 
-def _remember_hook_config(config_arg: str | None, environ: Mapping[str, str], config: RuntimeConfig) -> None:
+def _remember_hook_config(config_arg: "str | None", environ: "Mapping[str, str]", config: "RuntimeConfig") -> None:
     from nvc import jsonfast
     from nvc.config_location import config_file_path
     from nvc.nvml import cache as store
 
-    if store.caching_disabled(environ):
+    if config_arg or store.caching_disabled(environ):
         return
-    path, required = (config_arg, True) if config_arg else config_file_path(environ)
+    path, required = config_file_path(environ)
     identity = _config_identity(path)
-    if identity is False or (identity is None and required) or not _settled(identity):
+    if not path.startswith("/") or identity is False or (identity is None and required) or not _settled(identity):
         return
-    entry = {"format": FORMAT, "config": os.path.abspath(path), "required": required, "id": identity,
-             "markers": list(markers_for(config))}
+    entry = {"format": FORMAT, "config": path, "id": identity, "markers": list(markers_for(config))}
     data = jsonfast.dumps(entry, sort_keys=True).encode()
-    dir_fd = store.open_cache_dir(store.cache_dir_path())
+    dir_fd = store.open_cache_dir(store.cache_dir_path(environ=environ))
     if dir_fd is None:
         return
     try:
         if store.read_private_file(dir_fd, HOOK_MEMO) != data:
             store.write_private_file(dir_fd, HOOK_MEMO, data)
     finally:
-        os.close(dir_fd)
+        posix.close(dir_fd)
 
 
 # --- the runtime shim -------------------------------------------------------------------------------------------
 
 
-def remember_shim_decision(environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None) -> None:
+def remember_shim_decision(
+    environ: "Mapping[str, str]", config: "RuntimeConfig", runtime: str, me: "str | None"
+) -> None:
     """After the shim's ``create``/``run`` loaded ``config`` and found ``runtime``: write the memo its sh launcher
     decides from (module docstring). Never raises; writes only when the memo changes."""
     try:
@@ -190,11 +223,13 @@ def remember_shim_decision(environ: Mapping[str, str], config: RuntimeConfig, ru
 
 
 def shim_memo_lines(
-    environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None
-) -> tuple[list[str], int | None] | None:
+    environ: "Mapping[str, str]", config: "RuntimeConfig", runtime: str, me: "str | None"
+) -> "tuple[list[str], int | None] | None":
     """The memo's lines (without the markers line) and the mtime it must carry; None when the decision must not
     be memoised: it depends on the working directory, on this shim's own path, on a debug log that must see every
     call, or on a config.toml that changed too recently."""
+    import os
+
     from nvc.config_location import CONFIG_PATH_ENV, XDG_CONFIG_HOME_ENV, config_file_path
     from nvc.runtime_shim import is_executable_file, path_candidates
 
@@ -229,7 +264,11 @@ def shim_memo_lines(
     return lines, None if identity is None else identity[3]
 
 
-def _remember_shim_decision(environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None) -> None:
+def _remember_shim_decision(
+    environ: "Mapping[str, str]", config: "RuntimeConfig", runtime: str, me: "str | None"
+) -> None:
+    import os
+
     from nvc.atomic_write import replace_file
     from nvc.nvml import cache as store
 
@@ -242,7 +281,7 @@ def _remember_shim_decision(environ: Mapping[str, str], config: RuntimeConfig, r
     patterns = ("\n".join(markers_for(config)) + "\n").encode()
     pattern_name = SHIM_MARKERS_PREFIX + store.sha256_hex(patterns)[:32] + SHIM_MARKERS_SUFFIX
     memo = ("\n".join([*lines[:-1], f"markers {pattern_name}", lines[-1], "end"]) + "\n").encode()
-    dir_fd = store.open_cache_dir(store.cache_dir_path())
+    dir_fd = store.open_cache_dir(store.cache_dir_path(environ=environ))
     if dir_fd is None:
         return
     try:
@@ -260,9 +299,9 @@ def _remember_shim_decision(environ: Mapping[str, str], config: RuntimeConfig, r
 
 def _drop_other_pattern_files(dir_fd: int, keep: str) -> None:
     """Marker files of earlier configs. A memo that still names one just sends its next call to Python."""
-    for name in os.listdir(dir_fd):
+    for name in posix.listdir(dir_fd):
         if name != keep and name.startswith(SHIM_MARKERS_PREFIX) and name.endswith(SHIM_MARKERS_SUFFIX):
             try:
-                os.unlink(name, dir_fd=dir_fd)
+                posix.unlink(name, dir_fd=dir_fd)
             except OSError:
                 pass

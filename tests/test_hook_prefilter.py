@@ -16,9 +16,12 @@ import pytest
 from nvc import prefilter
 
 REPO = Path(__file__).resolve().parent.parent
-# Runs the hook in a fresh interpreter and says whether it took the full path (config and rules loaded).
-PROBE = ("import sys; from nvc.hook import main; rc = main(sys.argv[1:]); "
-         "sys.stderr.write('FULL\\n' if 'nvc.container_env' in sys.modules else 'SKIPPED\\n'); sys.exit(rc)")
+LAUNCHER = REPO / "scripts/launchers/nvidia-container-runtime-hook"
+# The launcher's Python part, run by this interpreter with nvc on sys.path; it says which way the hook went.
+PROBE = ("import sys, atexit; sys.path.insert(0, sys.argv.pop(1)); "
+         "atexit.register(lambda: sys.stderr.write('FULL\\n' if 'nvc.runtime_config' in sys.modules "
+         "else 'SKIPPED\\n')); sys.argv[0] = {launcher!r}; exec(compile(open({launcher!r}).read(), {launcher!r}, "
+         "'exec'))").format(launcher=str(LAUNCHER))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def hook(tmp: Path, config: Path, env_list: list[str], *flags: str, extra_env: d
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "NVC_CACHE_DIR": str(tmp / "cache"),
            "NVIDIA_CTK_CONFIG_FILE_PATH": str(config), **(extra_env or {})}
     state = json.dumps({"ociVersion": "1.0.2", "id": "x", "pid": os.getpid(), "bundle": str(bundle)})
-    res = subprocess.run([sys.executable, "-I", "-c", PROBE, *flags, "prestart"], input=state, env=env,
+    res = subprocess.run([sys.executable, "-I", "-S", "-c", PROBE, str(REPO), *flags, "prestart"], input=state, env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     *lines, last = res.stderr.splitlines()
     return res.returncode, last, lines

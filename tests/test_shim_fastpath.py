@@ -413,3 +413,22 @@ def test_the_real_shim_writes_the_memo_and_the_launcher_uses_it(tmp_path):
     assert call("create", "--bundle", str(gpu), "id")
     assert log.read_text().splitlines() == [f"RUNTIME create --bundle {b} id", "RUNTIME delete id",
                                             f"RUNTIME create --bundle {b} id", f"RUNTIME create --bundle {gpu} id"]
+
+
+@pytest.mark.parametrize("xdg", ["", "/x", "/x/", "rel", "/", "//a//", "a/b/"])
+def test_config_location_joins_as_os_path_join(xdg):
+    from nvc.config_location import RELATIVE_CONFIG_PATH, config_file_path
+
+    assert config_file_path({"XDG_CONFIG_HOME": xdg}) == (os.path.join(xdg or "/etc", RELATIVE_CONFIG_PATH), False)
+
+
+@pytest.mark.parametrize("exe", ["/usr/bin/python3", "/bin/python", "/python", "/opt/venv/bin/python3.11"])
+def test_launcher_finds_pyvenv_cfg_as_os_path_does(exe):
+    """The launchers compute the prefix with string operations (no os): the same answer as os.path."""
+    bindir = exe.rsplit("/", 1)[0]
+    cfg = (bindir.rsplit("/", 1)[0] or "") + "/pyvenv.cfg"
+    assert cfg == os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(exe))), "pyvenv.cfg")
+    assert (cfg.rsplit("/", 1)[0] or "/") == os.path.dirname(cfg)
+    text = LAUNCHER.read_text()
+    assert '_bindir = _exe.rsplit("/", 1)[0]' in text
+    assert '_cfg = (_bindir.rsplit("/", 1)[0] or "") + "/pyvenv.cfg"' in text

@@ -37,7 +37,17 @@ from __future__ import annotations
 # proc_driver and rootpath are imported where they are used: the hook's pre-filter (nvc.prefilter) uses this
 # module's private-file helpers on every container start and needs nothing else from here.
 import os
-import stat
+
+from nvc.private_files import (  # noqa: F401 - the directory's rules live there; re-exported for its users
+    CACHE_DIR_ENV,
+    DEFAULT_CACHE_DIR,
+    MAX_ENTRY_BYTES,
+    NO_CACHE_ENV,
+    cache_dir_path,
+    caching_disabled,
+    open_cache_dir,
+    read_private_file,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -46,18 +56,16 @@ if TYPE_CHECKING:
 
     from nvc.driver_info import DriverInfo
 
-DEFAULT_CACHE_DIR = "/run/nvc"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"  # the host's, whatever the driver root
-CACHE_DIR_ENV = "NVC_CACHE_DIR"
-NO_CACHE_ENV = "NVC_NO_CACHE"
 FORMAT = 1
 MAX_ENTRIES = 64  # entries kept in the directory; the oldest go when a write passes this
-MAX_ENTRY_BYTES = 1 << 20  # a cache file larger than this is garbage
 MAX_PROC_BYTES = 1 << 16  # /proc files we digest are a few hundred bytes
 MAX_CAP_NAMES = 8192  # a capabilities tree larger than this is not cached
 STALE_TMP_SECONDS = 60.0  # a temporary file older than this was left by a crashed writer
 
 _PROC = "/proc/driver/nvidia"
+_ENTRY_SUFFIX = ".json"
+_HEX = frozenset("0123456789abcdef")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -67,18 +75,6 @@ def sha256_hex(data: bytes) -> str:
     except ImportError:  # pragma: no cover - a Python built without it
         from hashlib import sha256
     return sha256(data).hexdigest()
-
-
-def caching_disabled(environ=None) -> bool:
-    """``$NVC_NO_CACHE`` set to anything but empty or ``0``."""
-    return (os.environ if environ is None else environ).get(NO_CACHE_ENV, "") not in ("", "0")
-
-
-def cache_dir_path(default: str = DEFAULT_CACHE_DIR) -> str:
-    """The cache directory: ``$NVC_CACHE_DIR`` or ``default``."""
-    return os.environ.get(CACHE_DIR_ENV) or default
-_ENTRY_SUFFIX = ".json"
-_HEX = frozenset("0123456789abcdef")
 
 
 def cached_query(
@@ -223,30 +219,6 @@ def _capability_names_digest(root: str) -> str | None:
     return sha256_hex("\n".join(names).encode(errors="surrogateescape"))
 
 
-def open_cache_dir(path: str) -> int | None:
-    """A descriptor of the cache directory (created 0700 if missing), or ``None`` when it is not safe to use."""
-    if not os.path.isabs(path):
-        return None
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:  # a symlink (ELOOP), not a directory, gone again
-        return None
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        st = None
-    if st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _load(dir_fd: int, state: _State) -> DriverInfo | None:
     """The cached answer if the entry is ours, well-formed and still matches ``state``."""
     from nvc.driver_info import DriverInfo
@@ -269,34 +241,6 @@ def _load(dir_fd: int, state: _State) -> DriverInfo | None:
     if {proc_bus_id(gpu.bus_id) for gpu in info.gpus} != set(state.gpus):
         return None
     return info
-
-
-def read_private_file(dir_fd: int, name: str) -> bytes | None:
-    """The content of ``name`` in the cache directory, if it is a regular file of ours, mode 0600 or stricter,
-    not larger than :data:`MAX_ENTRY_BYTES` and not a symlink; ``None`` otherwise (missing included)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:  # missing, or a symlink (ELOOP)
-        return None
-    try:
-        st = os.fstat(fd)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_uid != os.geteuid()
-            or st.st_mode & 0o077
-            or st.st_size > MAX_ENTRY_BYTES
-        ):
-            return None
-        chunks = []
-        size = 0
-        while chunk := os.read(fd, 65536):
-            size += len(chunk)
-            if size > MAX_ENTRY_BYTES:
-                return None
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
 
 
 def read_json_entry(dir_fd: int, name: str) -> dict[str, Any] | None:

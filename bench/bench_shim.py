@@ -221,11 +221,12 @@ def main() -> int:
         for name, env in envs.items():
             print(f"    [{name}] hook, no NVIDIA variables: "
                   + import_profile(bins[name], env, ["nvidia-container-runtime-hook", "prestart"], state, None))
+            # the stand-in runtime: nothing is created; another PATH: the memo does not match, Python decides
+            standin_env = dict(env, PATH=f"/nonexistent:{env['PATH']}", NVIDIA_CTK_CONFIG_FILE_PATH=str(standin_config))
             print(f"    [{name}] shim create (GPU bundle, legacy mode): "
-                  + import_profile(bins[name], dict(env, PATH=f"/nonexistent:{env['PATH']}"),
-                                   ["nvidia-container-runtime", "--root", statedir, "create", "--bundle",
+                  + import_profile(bins[name], standin_env,
+                                   ["nvidia-container-runtime", "create", "--bundle",
                                     str(fresh_gpu_bundle(gpu_bundles[name])), "x"], None, None))
-        subprocess.run(["runc", "--root", statedir, "delete", "-f", "x"], capture_output=True, check=False)
         shutil.rmtree(statedir, ignore_errors=True)
     finally:
         from fixtures.rootfs import safe_rmtree

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from nvc.container_request import configure_request_from_gpu, global_options_from_config
 from nvc.errors import NvcError
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing (and collections.abc) cost ~10 ms of every Python start
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
     from nvc.container_env import GpuRequest
     from nvc.debuglog import DebugLog
     from nvc.runtime_config import RuntimeConfig
@@ -307,15 +309,14 @@ def spec_with_edits(
 
 def write_spec(path: str, spec: Mapping[str, Any]) -> None:
     """config.json back in place by temp file + rename, keeping its mode."""
-    import json
-
+    from nvc import jsonfast  # json.dumps's output without importing json
     from nvc.oci_edits import write_file_atomic
 
     try:
         mode = os.stat(path).st_mode & 0o7777
     except OSError:
         mode = 0o644
-    write_file_atomic(path, json.dumps(spec).encode(), mode)
+    write_file_atomic(path, jsonfast.dumps(spec).encode(), mode)
 
 
 def prepare_create(argv: list[str], command_index: int, environ: Mapping[str, str]) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import sys
 
-from nvc.container_request import configure_request_from_gpu, global_options_from_config
 from nvc.errors import NvcError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing (and collections.abc) cost ~10 ms of every Python start
@@ -284,6 +283,7 @@ def spec_with_edits(
     """Plan in-process for the bundle's rootfs and merge the plan as spec edits; writes the merged ld.so.cache
     to ``<bundle>/nvc-ld.so.cache`` (mounted over the container's ``/etc/ld.so.cache``)."""
     from nvc.configure import build_plan
+    from nvc.container_request import configure_request_from_gpu, global_options_from_config
     from nvc.hook import container_rootfs
     from nvc.oci_edits import LDCACHE_FILE_NAME, apply_edits, edits_for_plan, write_file_atomic
     from nvc.record import replace

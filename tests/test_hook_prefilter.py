@@ -32,6 +32,7 @@ def settled(tmp_path_factory):
     config.write_text('swarm-resource = "MY_GPU"\n')
     other = base / "other.toml"
     other.write_text("")
+    (base / "touched.toml").write_text("")  # for the one test that changes its ctime
     time.sleep(prefilter.SETTLE_NS / 1e9 + 0.1)
     return base, config, other
 
@@ -75,9 +76,13 @@ def test_memo_follows_config_identity(settled, tmp_path):
     assert hook(tmp_path, other, ["PATH=/bin"])[1] == "FULL"  # another file: another memo
     assert hook(tmp_path, other, ["PATH=/bin"])[1] == "SKIPPED"
     assert hook(tmp_path, config, ["PATH=/bin"])[1] == "FULL"
-    st = config.stat()
-    os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns))  # same times, new ctime: no longer the same file
-    assert hook(tmp_path, config, ["PATH=/bin"])[1] == "FULL"
+    touched = _base / "touched.toml"
+    assert hook(tmp_path, touched, ["PATH=/bin"])[1] == "FULL"
+    assert hook(tmp_path, touched, ["PATH=/bin"])[1] == "SKIPPED"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns))  # same times, new ctime: no longer the same file
+    assert hook(tmp_path, touched, ["PATH=/bin"])[1] == "FULL"
+    assert hook(tmp_path, touched, ["PATH=/bin"])[1] == "FULL"  # and too fresh to be memoised again
     assert hook(tmp_path, tmp_path / "missing.toml", ["PATH=/bin"])[0] == 1  # required and missing: an error
     assert hook(tmp_path, tmp_path / "missing.toml", ["PATH=/bin"])[0] == 1
 
@@ -89,3 +94,30 @@ def test_broken_config_is_never_skipped(settled, tmp_path):
     broken.write_text("this is = = not toml")
     rc, went, lines = hook(tmp_path, broken, ["PATH=/bin"])
     assert (rc, went) == (1, "FULL") and "invalid TOML" in lines[0]  # the full path reports it, as before
+
+
+def test_installed_launcher_skips_with_five_small_modules_and_no_os(settled, tmp_path):
+    """A normal install (nvc in the prefix's own site-packages): the hook of a container without NVIDIA variables
+    imports nvc, the pre-filter and three helpers — not os, not the hook, not the rules."""
+    _base, config, _other = settled
+    assert hook(tmp_path, config, ["PATH=/bin"])[1] == "FULL"  # writes the memo
+    prefix = tmp_path / "prefix"
+    site = prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "nvc").symlink_to(REPO / "nvc")
+    real = os.path.realpath(sys.executable)
+    (prefix / "pyvenv.cfg").write_text(f"home = {os.path.dirname(real)}\n")
+    (prefix / "bin").mkdir()
+    (prefix / "bin/python").symlink_to(real)
+    launcher = prefix / "bin/nvidia-container-runtime-hook"
+    launcher.write_bytes(LAUNCHER.read_bytes())
+    env = {"PATH": os.environ["PATH"], "NVC_CACHE_DIR": str(tmp_path / "cache"),
+           "NVIDIA_CTK_CONFIG_FILE_PATH": str(config)}
+    state = json.dumps({"ociVersion": "1.0.2", "id": "x", "pid": os.getpid(), "bundle": str(tmp_path / "b")})
+    res = subprocess.run([str(prefix / "bin/python"), "-X", "importtime", "-I", "-S", str(launcher), "prestart"],
+                         input=state, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    modules = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert sorted(m for m in modules if m.startswith("nvc")) == [
+        "nvc", "nvc.config_location", "nvc.jsonfast", "nvc.prefilter", "nvc.private_files"]
+    assert not modules & {"os", "nvc.hook", "nvc.runtime_config", "nvc.container_env", "typing", "json", "re"}

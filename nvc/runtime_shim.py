@@ -310,13 +310,13 @@ def spec_with_edits(
 def write_spec(path: str, spec: Mapping[str, Any]) -> None:
     """config.json back in place by temp file + rename, keeping its mode."""
     from nvc import jsonfast  # json.dumps's output without importing json
-    from nvc.oci_edits import write_file_atomic
+    from nvc.atomic_write import replace_file  # not oci_edits' wrapper: that module loads the planner
 
     try:
         mode = os.stat(path).st_mode & 0o7777
     except OSError:
         mode = 0o644
-    write_file_atomic(path, jsonfast.dumps(spec).encode(), mode)
+    replace_file(os.path.abspath(path), jsonfast.dumps(spec).encode(), mode, fsync=True)
 
 
 def prepare_create(argv: list[str], command_index: int, environ: Mapping[str, str]) -> str:

@@ -185,10 +185,6 @@ def prepare_hook(config_path: str | None, debug: bool, stdin, environ):
 
     config = load_config(config_path, environ)
     log = open_debug_log(debug_target(config, debug))
-    if not log.enabled:  # the launcher's pre-filter may skip what no debug log has to see
-        from nvc.prefilter import remember_hook_config
-
-        remember_hook_config(config_path, environ, config)
     if log.enabled:
         from nvc.config_keys import ignored_settings
 
@@ -208,6 +204,10 @@ def run_hook(argv: list[str], stdin, environ) -> int:
         raise HookUsageError(f"unknown stage: {stage}" if stage else "missing stage")
     config, log, invocation = prepare_hook(config_path, debug, stdin, environ)
     if invocation is None:
+        if not log.enabled:  # the launcher's pre-filter may skip the next such container (a debug log sees all)
+            from nvc.prefilter import remember_hook_config
+
+            remember_hook_config(config_path, environ, config)
         log.info("not a GPU container: nothing to do", where="hook")
         return 0
     request = invocation.request

@@ -281,6 +281,7 @@ def test_memo_is_refused_when_anything_it_depends_on_changed(lab, tmp_path):
     assert lab("delete", "id") == "RUNTIME"
     assert lab("create", "-b", str(b), "id") == "RUNTIME"
     assert lab("delete", "id", env={"NVC_NO_CACHE": "1"}) == "PYTHON"
+    assert lab("delete", "id", env={"NVC_CACHE_DIR": "cache"}) == "PYTHON"  # the same directory, but relative
     assert lab("delete", "id", env={"PATH": lab.env["PATH"] + ":/sbin"}) == "PYTHON"
     assert lab("delete", "id", env={"XDG_CONFIG_HOME": "/etc"}) == "PYTHON"
     # an earlier candidate appears: the Python shim would pick it

@@ -20,6 +20,7 @@ STAGES = frozenset(
         "requirement",
         "mount",
         "ldcache",
+        "cdi",
     }
 )
 

@@ -229,6 +229,33 @@ def setup_docker(runtime, config_path, runtime_name, runsc_path, shim_path, set_
     click.echo(sc.format_changes([change], dry_run=dry_run), nl=False)
 
 
+@cli.group()
+def cdi() -> None:
+    """CDI (Container Device Interface): the specs podman, containerd, CRI-O and docker read."""
+
+
+@cdi.command(name="list")
+@click.option("--spec-dir", "spec_dirs", multiple=True, metavar="DIR",
+              help="A CDI spec directory (repeatable; default: /etc/cdi then /var/run/cdi).")
+@click.option("--json", "as_json", is_flag=True, help="Print names, their spec files and problems as JSON.")
+def cdi_list(spec_dirs: tuple[str, ...], as_json: bool) -> None:
+    """Print the fully qualified CDI device names the spec directories define, one per line."""
+    from nvc.cdi.registry import DEFAULT_SPEC_DIRS, load_registry, registry_to_json
+
+    registry = load_registry(spec_dirs or DEFAULT_SPEC_DIRS)
+    if as_json:
+        from nvc.listing import format_json
+
+        _write(format_json(registry_to_json(registry)))
+    else:
+        _write("".join(f"{name}\n" for name in registry.names()))
+    unusable = [*map(str, registry.problems), *(str(c) for c in registry.conflicts if c.duplicate)]
+    for line in unusable:
+        click.echo(f"{_prog_name()}: cdi error: {line}", err=True)
+    if unusable:
+        raise click.exceptions.Exit(1)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 @click.option("--root", "host_root", metavar="DIR", help="Diagnose a host at DIR (same as the global --root).")

@@ -7,7 +7,9 @@ container (:func:`nvc.container_env.gpu_request_from_spec`, NVIDIA's rules) and,
 
 * ``legacy`` mode: add the prestart hook ``nvidia-container-runtime-hook prestart`` (absolute path, found in PATH)
   unless an NVIDIA hook is already there — the hook injects when runc/crun run it;
-* ``spec`` mode (also what ``cdi``/``jit-cdi`` select here): plan in-process and merge the plan as spec edits
+* ``cdi`` mode (and ``auto`` when the request names CDI devices): the edits of the requested CDI devices from the
+  host's spec files, applied to the spec as podman or containerd would (:mod:`nvc.cdi.shim_mode`);
+* ``spec`` mode (also what ``jit-cdi`` selects here): plan in-process and merge the plan as spec edits
   (:mod:`nvc.oci_edits`: bind mounts, ``linux.devices``, cgroup rules, a merged ld.so.cache written next to
   config.json). This is the only path that works under gVisor's runsc, which never runs a hook where its mounts
   could reach the sandbox;
@@ -340,6 +342,14 @@ def prepare_create(argv: list[str], command_index: int, environ: Mapping[str, st
     remember_shim_decision(environ, config, runtime, _this_shim())
     bundle = find_bundle(argv, command_index)
     spec = load_spec(bundle)
+    from nvc.cdi.shim_mode import cdi_request, spec_with_cdi_devices
+
+    cdi_devices = cdi_request(spec, config)  # None: CDI mode does not apply (nvc/cdi/shim_mode.py)
+    if cdi_devices is not None:
+        if cdi_devices:
+            write_spec(os.path.join(bundle, "config.json"), spec_with_cdi_devices(spec, cdi_devices, config, log))
+        log.info(f"cdi mode: {len(cdi_devices)} CDI device(s); exec {runtime}", where="runtime")
+        return runtime
     gpu = gpu_request_from_spec(spec, config)
     if gpu is None:
         log.info(f"not a GPU container: exec {runtime} unchanged", where="runtime")

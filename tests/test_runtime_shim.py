@@ -305,7 +305,7 @@ def test_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.root
-@pytest.mark.parametrize(("mode", "runtime"), [("spec", "runc"), ("cdi", "crun"), ("auto", "runsc")])
+@pytest.mark.parametrize(("mode", "runtime"), [("spec", "runc"), ("jit-cdi", "crun"), ("auto", "runsc")])
 def test_spec_mode_merges_the_plan(host, tmp_path, mode, runtime):
     shim = Shim(tmp_path, runtime=runtime)
     shim.config.write_text(f'[nvidia-container-cli]\nroot = "{host.root}"\n'

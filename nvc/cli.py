@@ -201,12 +201,24 @@ def _setup_common(func):
 @setup.command(name="containerd")
 @click.option("--runtime", type=click.Choice(["runsc", "runc"]), default="runsc", show_default=True)
 @click.option("--runsc-config", "runsc_config_path", metavar="PATH", help="runsc GPU options file to write.")
+@click.option("--cdi", is_flag=True, help="Instead of a runtime: turn on containerd's own CDI support "
+              "(enable_cdi, cdi_spec_dirs; containerd 1.7+).")
+@click.option("--containerd-version", metavar="X.Y", help="With --cdi: the containerd to write for "
+              "(default: `containerd --version`).")
 @_setup_common
-def setup_containerd(runtime, runsc_config_path, config_path, runtime_name, runsc_path, shim_path, set_default,
-                     host_root, dry_run) -> None:
-    """Add a GPU runtime to containerd's config.toml (runsc: io.containerd.runsc.v1 with nvproxy)."""
+def setup_containerd(runtime, runsc_config_path, cdi, containerd_version, config_path, runtime_name, runsc_path,
+                     shim_path, set_default, host_root, dry_run) -> None:
+    """Add a GPU runtime to containerd's config.toml (runsc: io.containerd.runsc.v1 with nvproxy), or with --cdi
+    let containerd read the CDI specs itself."""
     from nvc import setup_config as sc
 
+    if cdi:
+        from nvc.setup_cdi import apply_containerd_cdi
+
+        change = apply_containerd_cdi(config_path or sc.CONTAINERD_CONFIG, containerd_version, dry_run=dry_run,
+                                      root=host_root)
+        click.echo(sc.format_changes([change], dry_run=dry_run), nl=False)
+        return
     kwargs = {"config_path": config_path or sc.CONTAINERD_CONFIG,
               "runsc_config_path": runsc_config_path or sc.RUNSC_GPU_CONFIG}
     changes = sc.apply_containerd(runtime=runtime, runtime_name=runtime_name, shim_path=shim_path,
@@ -217,12 +229,23 @@ def setup_containerd(runtime, runsc_config_path, config_path, runtime_name, runs
 
 @setup.command(name="docker")
 @click.option("--runtime", type=click.Choice(["runc", "runsc"]), default="runc", show_default=True)
+@click.option("--cdi", is_flag=True, help="Instead of a runtime: turn on docker's CDI feature (docker 25+).")
+@click.option("--docker-version", metavar="X.Y", help="With --cdi: the dockerd to write for "
+              "(default: `dockerd --version`).")
 @_setup_common
-def setup_docker(runtime, config_path, runtime_name, runsc_path, shim_path, set_default, host_root,
-                 dry_run) -> None:
-    """Add a GPU runtime to docker's daemon.json (runsc: --nvproxy --nvproxy-docker)."""
+def setup_docker(runtime, cdi, docker_version, config_path, runtime_name, runsc_path, shim_path, set_default,
+                 host_root, dry_run) -> None:
+    """Add a GPU runtime to docker's daemon.json (runsc: --nvproxy --nvproxy-docker), or with --cdi turn on
+    docker's CDI feature."""
     from nvc import setup_config as sc
 
+    if cdi:
+        from nvc.setup_cdi import apply_docker_cdi
+
+        change = apply_docker_cdi(config_path or sc.DOCKER_DAEMON_CONFIG, docker_version, dry_run=dry_run,
+                                  root=host_root)
+        click.echo(sc.format_changes([change], dry_run=dry_run), nl=False)
+        return
     change = sc.apply_docker(config_path=config_path or sc.DOCKER_DAEMON_CONFIG, runtime=runtime,
                              runtime_name=runtime_name, runsc_path=runsc_path, shim_path=shim_path,
                              set_default=set_default, dry_run=dry_run, root=host_root)

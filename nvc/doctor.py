@@ -1021,7 +1021,7 @@ def _some(items: list[str], limit: int = 6) -> str:
 
 
 def diagnose(paths: DoctorPaths | None = None) -> list[Finding]:
-    """Run every check; findings in check order (configs, hooks, runsc, CLI, driver, device nodes, then
+    """Run every check; findings in check order (configs, hooks, runsc, CLI, driver, device nodes, CDI, then
     :mod:`nvc.doctor_driver`'s driver chain, run whatever else is set up)."""
     ctx = _Context(paths or DoctorPaths())
     findings = _check_containerd(ctx)
@@ -1032,7 +1032,12 @@ def diagnose(paths: DoctorPaths | None = None) -> list[Finding]:
     findings += _check_cli(ctx)
     findings += _check_driver(ctx)
     findings += _check_device_nodes(ctx)
-    if not ctx.gpu_runtimes and not any(f.severity == "error" for f in findings):
+    from nvc.doctor_cdi import check_cdi
+
+    cdi = check_cdi(ctx.paths, ctx.shim_config())  # CDI specs and the runtimes reading them (nvc/doctor_cdi.py)
+    findings += cdi
+    cdi_on = any(f.check == "cdi.enabled" for f in cdi)
+    if not ctx.gpu_runtimes and not cdi_on and not any(f.severity == "error" for f in findings):
         findings.append(
             Finding(
                 "warning",

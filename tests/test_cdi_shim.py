@@ -88,6 +88,10 @@ def test_when_cdi_mode_applies():
     assert cdi_request(annotated, config('mode = "auto"')) == ["nvidia.com/gpu=0"]
     for mode in ("legacy", "spec", "jit-cdi"):
         assert cdi_request(qualified, config(f'mode = "{mode}"')) is None
+    malformed = oci(["NVIDIA_VISIBLE_DEVICES=0"], {"cdi.k8s.io/gpu": "0"})
+    assert cdi_request(malformed, config('mode = "auto"')) is None  # NVIDIA's auto ignores annotations
+    with pytest.raises(NvcError, match="invalid device name '0' in annotation"):
+        cdi_request(malformed, config())
 
 
 # --- through the shim, with a fake low-level runtime -------------------------------------------------------------

@@ -14,7 +14,9 @@ and, with ``mode = "auto"``, when the request names CDI devices:
   the spec is left alone.
 * **When (auto).** ``auto`` takes this path when an annotation names CDI devices or every device of the request is
   a fully qualified CDI name (``NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=1``), otherwise the shim's other modes
-  decide. (NVIDIA's auto looks at the environment only; an annotation naming CDI devices is as explicit a request.)
+  decide. (NVIDIA's auto looks at the environment only; an annotation naming CDI devices is as explicit a request.
+  A malformed annotation fails the start in ``cdi`` mode and is no CDI request in ``auto``, where NVIDIA ignores
+  annotations.)
 * **The edits.** The spec directories (``spec-dirs``, default ``/etc/cdi`` and ``/var/run/cdi``) are read with
   :mod:`nvc.cdi.registry` and the edits applied with :mod:`nvc.cdi.inject`, exactly as podman or containerd would.
   Then NVIDIA's legacy prestart hook is removed from the spec if something (docker ``--gpus``) put it there, and
@@ -92,7 +94,12 @@ def cdi_request(spec: Mapping[str, Any], config: RuntimeConfig) -> list[str] | N
     mode = config.runtime.mode
     if mode not in (CDI_MODE, AUTO_MODE):
         return None
-    devices, explicit = requested_devices(spec, config)
+    try:
+        devices, explicit = requested_devices(spec, config)
+    except NvcError:
+        if mode == CDI_MODE:
+            raise
+        return None  # auto: a malformed CDI annotation is no CDI request; the other modes decide, as NVIDIA's do
     if mode == AUTO_MODE and not explicit:
         return None
     return devices

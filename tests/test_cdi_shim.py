@@ -337,3 +337,50 @@ def test_runsc_through_the_shim_in_cdi_mode(tmp_path):
     assert [(d["path"], d["major"], d["minor"]) for d in spec["linux"]["devices"]] == [
         ("/dev/nvidiactl", 195, 255), ("/dev/nvidia0", 195, 0)]
     assert {m["destination"] for m in spec["mounts"]} >= {"/usr/lib/libcuda.so.1", "/usr/bin/nvidia-smi"}
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_runc_through_the_shim_with_a_generated_spec(tmp_path, host, tools):
+    """The spec ``nvc cdi generate`` writes for the fake host (real driver files, stub NVML), applied by the shim,
+    its one createContainer hook run by runc: the GPU's node only, libcuda in ``ldconfig -p``, nvidia-smi on PATH."""
+    import subprocess
+
+    pytest.importorskip("nvc.cdi.generate")
+    from fixtures.runtimes import make_bundle, run_runc, unique_id
+    from tests.test_e2e_runtimes import PROBE, assert_gpu_container, container_rootfs
+
+    bindir, env = tools
+    if not (bindir / "nvidia-cdi-hook").exists():
+        pytest.skip("the fixture tools have no nvidia-cdi-hook")
+    real_runc = shutil.which("runc", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if real_runc is None:
+        pytest.skip("runc not installed")
+    spec_dir = tmp_path / "cdi"
+    spec_dir.mkdir()
+    res = subprocess.run([sys.executable, "-m", "nvc", "cdi", "generate", "--driver-root", str(host.root),
+                          "--hook-path", str(bindir / "nvidia-cdi-hook"), "--output", str(spec_dir / "nvidia.yaml")],
+                         env={**os.environ, **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    front = tmp_path / "front"
+    front.mkdir()
+    (front / "runc").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.runtime_shim "$@"\n')
+    (front / "runc").chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[nvidia-container-runtime]\nmode = "cdi"\nruntimes = ["{real_runc}"]\n'
+                      f'[nvidia-container-runtime.modes.cdi]\nspec-dirs = ["{spec_dir}"]\n')
+    bundle = tmp_path / "bundle"
+    rootfs = container_rootfs(bundle / "rootfs")
+    probe = PROBE + ("; echo smi_path=$(command -v nvidia-smi); ldconfig -p | grep 'libcuda.so.1 '; "
+                     "echo vis=$NVIDIA_VISIBLE_DEVICES")
+    make_bundle(bundle, rootfs, ["sh", "-c", probe], env=["NVML_STUB_CONFIG=/etc/nvml-stub.conf",
+                                                          "NVIDIA_VISIBLE_DEVICES=1"])
+    proc = run_runc(bundle, unique_id(), env={**env, "PATH": f"{front}:{env['PATH']}",
+                                              "NVIDIA_CTK_CONFIG_FILE_PATH": str(config)})
+    assert proc.returncode == 0, proc.stderr
+    assert_gpu_container(proc.stdout)
+    assert "smi_path=/usr/bin/nvidia-smi" in proc.stdout
+    assert "libcuda.so.1 (libc6,x86-64) => " in proc.stdout and "vis=void" in proc.stdout
+    spec = json.loads((bundle / "config.json").read_text())
+    assert [h["path"] for h in spec["hooks"]["createContainer"]] == [str(bindir / "nvidia-cdi-hook")]

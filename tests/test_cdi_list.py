@@ -32,7 +32,7 @@ def test_list_json(tmp_path):
     spec = write(tmp_path, "nvidia.json", gpu_spec(names=("0",)))
     res = nvc("cdi", "list", "--spec-dir", str(tmp_path), "--json")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == {"specDirs": [str(tmp_path)], "devices": [{"name": "nvidia.com/gpu=0",
+    assert json.loads(res.stdout) == {"spec_dirs": [str(tmp_path)], "devices": [{"name": "nvidia.com/gpu=0",
                                       "spec": spec}], "problems": [], "conflicts": []}
 
 

@@ -291,7 +291,7 @@ def load_registry(spec_dirs: Iterable[str] = DEFAULT_SPEC_DIRS) -> Registry:
 def registry_to_json(registry: Registry) -> dict[str, Any]:
     """``nvc cdi list --json``: each resolvable name with its spec file, the problems and the conflicts."""
     return {
-        "specDirs": list(registry.spec_dirs),
+        "spec_dirs": list(registry.spec_dirs),
         "devices": [{"name": name, "spec": registry.devices[name][0].path} for name in registry.names()],
         "problems": [{"path": p.path, "message": p.message} for p in registry.problems],
         "conflicts": [{"name": c.name, "winner": c.winner, "loser": c.loser, "duplicate": c.duplicate}

@@ -384,3 +384,19 @@ def test_runc_through_the_shim_with_a_generated_spec(tmp_path, host, tools):
     assert "libcuda.so.1 (libc6,x86-64) => " in proc.stdout and "vis=void" in proc.stdout
     spec = json.loads((bundle / "config.json").read_text())
     assert [h["path"] for h in spec["hooks"]["createContainer"]] == [str(bindir / "nvidia-cdi-hook")]
+
+
+def test_cdi_create_path_stays_light(tmp_path):
+    """The CDI path reads specs and edits JSON: no planner, NVML, ELF reader, click; PyYAML only for .yaml specs."""
+    import subprocess
+
+    shim, _spec_dir = cdi_shim(tmp_path)
+    bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=0"])
+    heavy = ("click", "elftools", "pynvml", "yaml", "nvc.configure", "nvc.plan", "nvc.inventory", "nvc.nvml.query")
+    code = ("import sys; from nvc.runtime_shim import prepare_create; import os; "
+            f"argv = ['create', '--bundle', {str(bundle)!r}, 'id']; prepare_create(argv, 0, os.environ); "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(shim.env, PYTHONPATH=str(REPO))).stdout
+    assert out.strip() == "[]"
+    assert json.loads((bundle / "config.json").read_text())["linux"]["devices"]  # it did inject

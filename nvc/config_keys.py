@@ -19,12 +19,6 @@ if TYPE_CHECKING:
 IGNORED_KEYS: dict[str, str] = {
     "nvidia-container-runtime.log-level":
         "nvc's debug log has a single level: everything is written when a debug log is set",
-    "nvidia-container-runtime.modes.cdi.default-kind":
-        "nvc's runtime applies its own spec edits instead of CDI specs (no CDI device names to qualify)",
-    "nvidia-container-runtime.modes.cdi.annotation-prefixes":
-        "nvc's runtime reads device requests from the environment and volume mounts, not from CDI annotations",
-    "nvidia-container-runtime.modes.cdi.spec-dirs":
-        "nvc's runtime applies its own spec edits instead of reading CDI spec files",
     "nvidia-container-runtime.modes.csv.mount-spec-path":
         "the csv mode serves Tegra boards without NVML, which nvc does not support",
     "nvidia-ctk.path":

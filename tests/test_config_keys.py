@@ -31,6 +31,7 @@ from nvc.runtime_config import RuntimeConfig, parse_config, schema_leaves
 LEAVES = schema_leaves()
 LOG_PLACEHOLDER = "@LOGDIR@"
 
+CDI_MODE = {"nvidia-container-runtime": {"mode": "cdi"}}
 # Keys whose generic probe (a flipped boolean, "/nvc-probe", ["nvc-probe"]) is not a valid or telling value:
 # (context the key needs, the value to set).
 PROBES = {
@@ -44,6 +45,10 @@ PROBES = {
     "nvidia-container-runtime.mode": ({}, "cdi"),
     "nvidia-container-runtime.runtimes": ({}, ["crun"]),
     "nvidia-container-runtime.modes.legacy.cuda-compat-mode": ({}, "mount"),
+    # the CDI mode's keys act in cdi mode (nvc/cdi/shim_mode.py): the device names, and which specs are read
+    "nvidia-container-runtime.modes.cdi.default-kind": (CDI_MODE, "example.com/probe"),
+    "nvidia-container-runtime.modes.cdi.annotation-prefixes": (CDI_MODE, ["nvc.probe/"]),
+    "nvidia-container-runtime.modes.cdi.spec-dirs": (CDI_MODE, ["/nvc-probe"]),
     "nvidia-container-runtime-hook.path": ({}, "nvidia-container-toolkit"),
     "features.allow-ldconfig-from-container": ({"nvidia-container-cli": {"ldconfig": "/sbin/ldconfig"}}, True),
     "features.allow-cuda-compat-libs-from-container": (
@@ -59,8 +64,10 @@ VOLUME_MOUNT = {"source": "/dev/null", "destination": "/var/run/nvidia-container
 
 
 def _spec(env: list[str]) -> dict:
+    # The annotation is under no default CDI annotation prefix: only the annotation-prefixes probe makes it count.
     return {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "mounts": [VOLUME_MOUNT],
-            "process": {"env": env, "capabilities": {"bounding": ["CAP_CHOWN"]}}}
+            "process": {"env": env, "capabilities": {"bounding": ["CAP_CHOWN"]}},
+            "annotations": {"nvc.probe/gpu": "nvidia.com/gpu=1"}}
 
 
 def _toml(table: dict, prefix: str = "") -> str:

@@ -21,7 +21,9 @@ What a consumer does at container start (podman, containerd, CRI-O and docker th
   every container to that user), and spec files are opened with ``O_NOFOLLOW`` relative to the directory we
   opened — a file that is a symlink is refused, never followed to wherever it points. A spec directory or file
   writable by everyone is refused for the same reason. (Parents such as Debian's ``/var/run -> /run`` are
-  system paths and may be links.)
+  system paths and may be links.) The Go package's directory walk does not follow a symlinked spec directory
+  either — it silently finds no spec there; here it is reported — but it does follow a symlinked spec file.
+  A runtime given that file still reads it; nvc's own consumers (the shim's CDI mode, ``cdi list``, doctor) do not.
 
 Errors for a container start are ``NvcError("cdi", ...)``: one line naming the device and, where it helps, the
 files involved.

@@ -155,9 +155,11 @@ def check_cdi(paths: DoctorPaths, shim_config: dict[str, Any]) -> list[Finding]:
     for consumer in consumers:
         findings.append(_finding("ok", f"CDI is enabled for {consumer}", check="cdi.enabled"))
     for problem in registry.problems:
+        why = ("nvc's CDI mode refuses it, but podman, containerd, CRI-O and docker still read it: whoever can change "
+               "it decides which host files, devices and hooks GPU containers get" if problem.unsafe else
+               "runtimes leave it out, so the devices it defines cannot be given to containers")
         findings.append(_finding(
-            "error", f"CDI spec location {_shown(paths, problem.path)} is unusable: {problem.message}",
-            "runtimes leave it out, so the devices it defines cannot be given to containers",
+            "error", f"CDI spec location {_shown(paths, problem.path)} is unusable: {problem.message}", why,
             "fix or remove it; regenerate an NVIDIA spec with " + GENERATE_FIX.format(path="/var/run/cdi/nvidia.yaml"),
             "cdi.unusable"))
     for conflict in registry.conflicts:

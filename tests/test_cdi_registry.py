@@ -220,6 +220,7 @@ def test_symlinked_spec_dir_is_refused(tmp_path):
     assert registry.names() == []
     [problem] = registry.problems
     assert problem.path == str(link) and "the spec directory is a symlink; refusing it" in problem.message
+    assert not problem.unsafe  # the Go walk does not follow it either
 
 
 def test_symlinked_spec_file_is_refused(tmp_path):
@@ -231,7 +232,7 @@ def test_symlinked_spec_file_is_refused(tmp_path):
     registry = load_registry([str(cdi)])
     assert registry.names() == ["nvidia.com/gpu=0"]
     assert sorted(os.path.basename(p.path) for p in registry.problems) == ["dangling.yaml", "evil.json"]
-    assert all("a symlink; spec files are never followed" in p.message for p in registry.problems)
+    assert all("a symlink; spec files are never followed" in p.message and p.unsafe for p in registry.problems)
 
 
 def test_world_writable_dir_and_file_are_refused(tmp_path):
@@ -240,6 +241,7 @@ def test_world_writable_dir_and_file_are_refused(tmp_path):
     os.chmod(path, 0o666)
     registry = load_registry([str(cdi)])
     assert registry.names() == [] and "writable by every user" in registry.problems[0].message
+    assert registry.problems[0].unsafe
     os.chmod(path, 0o644)
     os.chmod(cdi, 0o777)
     registry = load_registry([str(cdi)])

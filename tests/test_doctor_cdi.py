@@ -121,6 +121,19 @@ def test_symlinked_spec_dir_and_other_consumers(tmp_path):
                                 ("ok", "cdi.enabled")]
     unusable = next(f for f in findings if f.check == "cdi.unusable")
     assert unusable.what.startswith("CDI spec location /etc/cdi is unusable: the spec directory is a symlink")
+    assert unusable.why.startswith("runtimes leave it out")
     assert [f.what for f in findings if f.check == "cdi.enabled"] == [
         "CDI is enabled for docker (/etc/docker/daemon.json)",
         'CDI is enabled for nvidia-container-runtime (/etc/nvidia-container-runtime/config.toml, mode = "cdi")']
+
+
+def test_symlinked_spec_file_is_unsafe_not_ignored(tmp_path):
+    paths = make_host(tmp_path, "good-containerd-runc")
+    root = Path(paths.root)
+    target = write_spec(root, "/home/user/nvidia.json")
+    (root / "etc/cdi").mkdir(parents=True)
+    os.symlink(target, root / "etc/cdi/nvidia.json")
+    [finding] = cdi_findings(paths)
+    assert finding.check == "cdi.unusable" and finding.what.startswith(
+        "CDI spec location /etc/cdi/nvidia.json is unusable: a symlink; spec files are never followed")
+    assert finding.why.startswith("nvc's CDI mode refuses it, but podman, containerd, CRI-O and docker still read it")

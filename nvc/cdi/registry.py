@@ -70,10 +70,12 @@ class CdiSpec:
 
 @record(frozen=True)
 class Problem:
-    """A spec directory or file that could not be used, and why."""
+    """A spec directory or file that could not be used, and why. ``unsafe``: refused by nvc for safety (a
+    symlinked or world-writable file) although the Go CDI package would still read it."""
 
     path: str
     message: str
+    unsafe: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -148,7 +150,11 @@ class Registry:
 
 
 class _Refused(Exception):
-    """A spec file or directory we will not use (message says why)."""
+    """A spec file or directory we will not use (message says why; ``unsafe`` as in :class:`Problem`)."""
+
+    def __init__(self, message: str, unsafe: bool = False) -> None:
+        super().__init__(message)
+        self.unsafe = unsafe
 
 
 def _parse(data: bytes, name: str) -> Any:
@@ -174,7 +180,7 @@ def _parse(data: bytes, name: str) -> Any:
 def _check_not_world_writable(st: os.stat_result, what: str) -> None:
     if st.st_mode & stat.S_IWOTH:
         raise _Refused(f"{what} is writable by every user, so anyone could decide what CDI containers get; "
-                       "refusing it (chmod o-w)")
+                       "refusing it (chmod o-w)", unsafe=True)
 
 
 def _read_spec_file(dir_fd: int, name: str) -> bytes:
@@ -184,7 +190,7 @@ def _read_spec_file(dir_fd: int, name: str) -> bytes:
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # the file is a symlink
             raise _Refused("a symlink; spec files are never followed through links (a link could point at a file "
-                           "someone else controls); copy the spec here instead") from None
+                           "someone else controls); copy the spec here instead", unsafe=True) from None
         raise _Refused(f"cannot open: {(exc.strerror or str(exc)).lower()}") from None
     try:
         st = os.fstat(fd)
@@ -240,7 +246,7 @@ def _scan_dir(directory: str, priority: int, registry: Registry) -> None:
         try:
             _check_not_world_writable(os.fstat(dir_fd), "the spec directory")
         except _Refused as exc:
-            registry.problems.append(Problem(directory, str(exc)))
+            registry.problems.append(Problem(directory, str(exc), exc.unsafe))
             return
         with os.scandir(dir_fd) as entries:
             names = sorted(entry.name for entry in entries
@@ -251,7 +257,7 @@ def _scan_dir(directory: str, priority: int, registry: Registry) -> None:
                 data = _parse(_read_spec_file(dir_fd, name), name)
                 spec = load_spec_data(data, path, priority)
             except _Refused as exc:
-                registry.problems.append(Problem(path, str(exc)))
+                registry.problems.append(Problem(path, str(exc), exc.unsafe))
                 continue
             except ValueError as exc:  # SpecInvalid
                 registry.problems.append(Problem(path, f"invalid CDI spec: {exc}"))
@@ -295,7 +301,7 @@ def registry_to_json(registry: Registry) -> dict[str, Any]:
     return {
         "spec_dirs": list(registry.spec_dirs),
         "devices": [{"name": name, "spec": registry.devices[name][0].path} for name in registry.names()],
-        "problems": [{"path": p.path, "message": p.message} for p in registry.problems],
+        "problems": [{"path": p.path, "message": p.message, "unsafe": p.unsafe} for p in registry.problems],
         "conflicts": [{"name": c.name, "winner": c.winner, "loser": c.loser, "duplicate": c.duplicate}
                       for c in registry.conflicts],
     }

@@ -254,7 +254,7 @@ def setup_docker(runtime, cdi, docker_version, config_path, runtime_name, runsc_
 
 @cli.group()
 def cdi() -> None:
-    """CDI (Container Device Interface): the specs podman, containerd, CRI-O and docker read."""
+    """CDI (Container Device Interface): GPUs for podman, containerd, CRI-O and docker --device nvidia.com/gpu=N."""
 
 
 @cdi.command(name="list")
@@ -300,11 +300,6 @@ def doctor(opts: GlobalOptions, as_json: bool, host_root: str | None, runtime_pa
         _write(format_findings(findings))
     if has_errors(findings):
         raise click.exceptions.Exit(1)
-
-
-@cli.group()
-def cdi() -> None:
-    """CDI (Container Device Interface): GPUs for podman, containerd, CRI-O and docker --device nvidia.com/gpu=N."""
 
 
 @cdi.command(name="generate")

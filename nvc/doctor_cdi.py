@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 ANNOTATION_DRIVER_VERSION = "nvc/driver-version"
 NVIDIA_KIND = "nvidia.com/gpu"
-GENERATE_FIX = "`nvc cdi generate --output {path}` (or enable the spec's systemd units in hooks/ to regenerate it " \
-               "at boot and when the driver changes)"
+GENERATE_FIX = ("`nvc cdi generate --output {path}`; to keep it true, install hooks/nvc-cdi-refresh.service and "
+                ".path and `systemctl enable --now nvc-cdi-refresh.path nvc-cdi-refresh.service` (they regenerate "
+                "/var/run/cdi/nvidia.yaml at boot and when the driver changes)")
 
 
 def _finding(severity: str, what: str, why: str = "", fix: str = "", check: str = "") -> Finding:

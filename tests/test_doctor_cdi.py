@@ -85,7 +85,8 @@ def test_driver_upgrade_makes_the_spec_stale(tmp_path):
                           f"{DRIVER} is loaded")
     assert ("every container given one of its devices (nvidia.com/gpu=...) fails to start with a missing file"
             in stale.why)
-    assert stale.fix.startswith("`nvc cdi generate --output /var/run/cdi/nvidia.json` (or enable the spec's systemd")
+    assert stale.fix.startswith("`nvc cdi generate --output /var/run/cdi/nvidia.json`; to keep it true, install "
+                                "hooks/nvc-cdi-refresh.service")
     assert missing.what == ("CDI spec /var/run/cdi/nvidia.json names 1 host file(s) that no longer exist: "
                             "/usr/lib/x86_64-linux-gnu/libcuda.so.535.104.05")
     text = format_findings(findings)

@@ -3,13 +3,10 @@
 The consumers (the Go ``tags.cncf.io/container-device-interface`` package in podman, containerd, CRI-O, docker)
 refuse a spec that declares a version lower than the fields it uses, and an *older* consumer refuses a version it
 does not know — podman 4.3 (Debian 12) knows nothing after 0.5.0. So the version is computed from the document,
-never fixed: each rule below names the field that first appeared in that version.
+never fixed.
 
-- 0.3.0: the base (the oldest version consumers still accept);
-- 0.4.0: a mount ``type``;
-- 0.5.0: a device name that does not start with a letter (``0``, ``0:1``), a device node ``hostPath``;
-- 0.6.0: spec- or device-level ``annotations``, a ``.`` in the class;
-- 0.7.0: ``additionalGids``, ``intelRdt`` in container edits.
+The rules live in :mod:`nvc.cdi.versions` (0.4.0: a mount ``type``; 0.5.0: digit-leading device names, node
+``hostPath``; 0.6.0: annotations, a ``.`` in the class; 0.7.0: ``additionalGids``, ``intelRdt``; 1.1.0: net devices).
 
 YAML is written with PyYAML (imported only here, on ``--format yaml``); JSON needs nothing beyond the stdlib.
 """
@@ -21,44 +18,15 @@ from typing import Any
 
 from nvc.errors import NvcError
 
-BASE_VERSION = "0.3.0"
 FORMATS = ("json", "yaml")
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
-
-
-def _all_edits(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    edits = [spec.get("containerEdits") or {}]
-    edits += [device.get("containerEdits") or {} for device in spec.get("devices") or ()]
-    return edits
-
-
 def minimum_version(spec: dict[str, Any]) -> str:
-    """The lowest ``cdiVersion`` whose fields cover everything ``spec`` uses (the rules in the module doc)."""
-    needed = BASE_VERSION
+    """The lowest ``cdiVersion`` whose fields cover everything ``spec`` uses: one set of rules for writing and
+    reading (:func:`nvc.cdi.versions.required_version`, which the spec reader checks files against)."""
+    from nvc.cdi.versions import required_version
 
-    def need(version: str) -> None:
-        nonlocal needed
-        if _version_key(version) > _version_key(needed):
-            needed = version
-
-    edits = _all_edits(spec)
-    if any(mount.get("type") for e in edits for mount in e.get("mounts") or ()):
-        need("0.4.0")
-    devices = spec.get("devices") or ()
-    if any(not device["name"][:1].isalpha() for device in devices):
-        need("0.5.0")
-    if any(node.get("hostPath") for e in edits for node in e.get("deviceNodes") or ()):
-        need("0.5.0")
-    if spec.get("annotations") or any(device.get("annotations") for device in devices):
-        need("0.6.0")
-    if "." in str(spec.get("kind", "")).partition("/")[2]:
-        need("0.6.0")
-    if any(e.get("additionalGids") or e.get("intelRdt") for e in edits):
-        need("0.7.0")
-    return needed
+    return required_version(spec)
 
 
 def format_for(output: str | None, requested: str | None) -> str:

@@ -2,8 +2,8 @@
 low-level runtime, and real containers under runc (exactly their device nodes, the driver files, nvidia-smi) and
 gVisor's runsc (the spec it receives, and that it starts).
 
-Until ``nvc cdi generate`` is on this branch, the spec is one this test writes: device nodes from real character
-devices made with mknod, the real Debian driver files bound in.
+Two kinds of spec: one these tests write (real character devices made with mknod, the real Debian driver files bound
+in, no hook), and the one ``nvc cdi generate`` writes for the fake GPU host, with its one createContainer hook.
 """
 
 from __future__ import annotations

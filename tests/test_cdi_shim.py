@@ -400,3 +400,51 @@ def test_cdi_create_path_stays_light(tmp_path):
                          env=dict(shim.env, PYTHONPATH=str(REPO))).stdout
     assert out.strip() == "[]"
     assert json.loads((bundle / "config.json").read_text())["linux"]["devices"]  # it did inject
+
+
+def _generate(host, bindir: Path, env: dict[str, str], spec_dir: Path) -> None:
+    import subprocess
+
+    spec_dir.mkdir()
+    res = subprocess.run([sys.executable, "-m", "nvc", "cdi", "generate", "--driver-root", str(host.root),
+                          "--hook-path", str(bindir / "nvidia-cdi-hook"), "--output", str(spec_dir / "nvidia.json")],
+                         env={**os.environ, **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize(("devices", "nodes"), [("1", ["nvidia0"]), ("all", ["nvidia0", "nvidia3"])])
+def test_runsc_nvproxy_through_the_shim_in_cdi_mode(tmp_path, host, tools, devices, nodes):
+    """gVisor with nvproxy (bookworm-backports' runsc) builds the sandbox's GPU nodes from linux.devices: the shim
+    in CDI mode puts exactly the requested devices there, from the spec ``nvc cdi generate`` wrote."""
+    from fixtures.rootfs import safe_rmtree
+    from tests.test_gvisor_runsc import GPU_FLAGS, Lab
+
+    bindir, env = tools
+    (tmp_path / "lab").mkdir()
+    lab = Lab(tmp_path / "lab", host, tools)
+    try:
+        spec_dir = tmp_path / "cdi"
+        _generate(host, bindir, env, spec_dir)
+        front = tmp_path / "shim"
+        front.mkdir()
+        (front / "runsc").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.runtime_shim "$@"\n')
+        (front / "runsc").chmod(0o755)
+        (front / "config.toml").write_text(
+            f'[nvidia-container-runtime]\nmode = "cdi"\nruntimes = ["{lab.runsc.path}"]\n'
+            f'[nvidia-container-runtime.modes.cdi]\nspec-dirs = ["{spec_dir}"]\n')
+        run_env = dict(lab.env(path_first=front), NVIDIA_CTK_CONFIG_FILE_PATH=str(front / "config.toml"))
+        box = lab.run([f"NVIDIA_VISIBLE_DEVICES={devices}"], flags=GPU_FLAGS, runtime_env=run_env)
+        assert box.returncode == 0, box.stderr
+        assert box.calls == []  # no CLI, no legacy hook
+        assert box.value("smi") == "/usr/bin/nvidia-smi"
+        # exactly the requested GPUs' nodes, with the spec's control nodes (the sandbox makes every linux.devices node)
+        assert [n for n in box.nodes if n.removeprefix("nvidia").isdigit()] == nodes
+        assert {"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"} <= set(box.nodes)
+        # runsc does not run createContainer hooks, so the spec's one hook never merges the ld.so.cache here: under
+        # gVisor the shim's spec mode (mode = "auto" or "spec"), which mounts a merged cache, is the one that does
+        assert not box.has_libcuda
+    finally:
+        safe_rmtree(tmp_path / "lab")

@@ -342,12 +342,12 @@ def prepare_create(argv: list[str], command_index: int, environ: Mapping[str, st
     remember_shim_decision(environ, config, runtime, _this_shim())
     bundle = find_bundle(argv, command_index)
     spec = load_spec(bundle)
-    from nvc.cdi.shim_mode import cdi_request, spec_with_cdi_devices, write_bundle_spec
+    from nvc.cdi.shim_mode import cdi_request, spec_with_cdi_devices
 
     cdi_devices = cdi_request(spec, config)  # None: CDI mode does not apply (nvc/cdi/shim_mode.py)
     if cdi_devices is not None:
         if cdi_devices:
-            write_bundle_spec(bundle, spec_with_cdi_devices(spec, cdi_devices, config, log))
+            write_spec(os.path.join(bundle, "config.json"), spec_with_cdi_devices(spec, cdi_devices, config, log))
         log.info(f"cdi mode: {len(cdi_devices)} CDI device(s); exec {runtime}", where="runtime")
         return runtime
     gpu = gpu_request_from_spec(spec, config)

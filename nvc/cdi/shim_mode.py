@@ -143,18 +143,3 @@ def spec_with_cdi_devices(
         log.info(f"cdi mode: injected {', '.join(devices)}", where="runtime")
     return edited
 
-
-def write_bundle_spec(bundle: str, spec: Mapping[str, Any]) -> None:
-    """``<bundle>/config.json`` replaced atomically, keeping its mode (without the planner's modules, which the
-    runtime shim's general writer pulls in through :mod:`nvc.oci_edits`)."""
-    import os
-
-    from nvc import jsonfast
-    from nvc.atomic_write import replace_file
-
-    path = os.path.join(bundle, "config.json")
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-    except OSError:
-        mode = 0o644
-    replace_file(os.path.abspath(path), jsonfast.dumps(spec).encode(), mode, fsync=True)

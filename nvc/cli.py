@@ -318,11 +318,12 @@ def doctor(opts: GlobalOptions, as_json: bool, host_root: str | None, runtime_pa
               help="Capabilities whose files the spec mounts (compute,utility,...; default: all, as `nvc list`).")
 @click.option("--mode", type=click.Choice(["auto", "nvml", "management"]), default="auto", show_default=True,
               help="management: no NVML, one device 'all' with the nodes found under /dev.")
-@click.option("--no-annotations", is_flag=True,
-              help="Leave out the nvc/driver-* annotations (cdiVersion 0.5.0, for consumers older than CDI 0.6).")
+@click.option("--annotations/--no-annotations", "annotations", default=False, show_default=True,
+              help="Add the nvc/driver-* annotations (cdiVersion 0.6.0: consumers older than CDI 0.6, such as "
+                   "Debian 12's podman 4.3, refuse such a spec).")
 @click.pass_obj
 def cdi_generate(opts: GlobalOptions, output, spec_format, driver_root, dev_root, strategies, vendor, device_class,
-                 hook_path, capabilities, mode, no_annotations) -> None:
+                 hook_path, capabilities, mode, annotations) -> None:
     """Write a CDI spec for this host's GPUs (nvidia-ctk cdi generate's options)."""
     from nvc.cdi.generate import DEFAULT_STRATEGIES, GenerateRequest, generate_spec, parse_capabilities
     from nvc.cdi.spec import dump, format_for, write_spec
@@ -332,7 +333,7 @@ def cdi_generate(opts: GlobalOptions, output, spec_format, driver_root, dev_root
         ldcache=opts.ldcache, user=opts.user,
         vendor=vendor, device_class=device_class, strategies=tuple(strategies) or DEFAULT_STRATEGIES,
         hook_path=hook_path, capabilities=parse_capabilities(capabilities), mode=mode,
-        annotations=not no_annotations,
+        annotations=annotations,
     )
     spec, notes = generate_spec(request)
     for note in notes:

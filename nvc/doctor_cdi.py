@@ -8,10 +8,11 @@ host; nothing re-checks it at container start. So:
   every ``--device nvidia.com/gpu=...`` fails with ``unresolvable CDI devices``.
 * **A spec names host files that are gone** (mount ``hostPath``, device node ``hostPath``/``path``): the runtime
   fails the start with ``no such file or directory`` for the first one.
-* **The spec's ``nvc/driver-version`` is not the loaded driver's**: after a driver upgrade the spec still names
-  the old version's libraries (``libcuda.so.535.x``), so every CDI container start fails with a missing file;
-  the fix is to regenerate it (``nvc cdi generate --output FILE``, or the systemd units that do it at boot and on
-  driver changes).
+* **The spec's driver version is not the loaded driver's** (its ``nvc/driver-version`` annotation, else the
+  ``--host-driver-version`` its hook is given — ours and nvidia-ctk's both carry it): after a driver upgrade the
+  spec still names the old version's libraries (``libcuda.so.535.x``), so every CDI container start fails with a
+  missing file; the fix is to regenerate it (``nvc cdi generate --output FILE``, or the systemd units that do it at
+  boot and on driver changes).
 * **Two specs claim one device name**: in one directory that name resolves to neither (error); in two, the later
   directory wins (warning: usually a forgotten copy in ``/etc/cdi`` under a generated ``/var/run/cdi`` one).
 * **Unusable spec files or directories** (invalid, a symlink, world-writable): left out by every consumer.
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from nvc.doctor import DoctorPaths, Finding
 
 ANNOTATION_DRIVER_VERSION = "nvc/driver-version"
+HOST_DRIVER_VERSION_FLAG = "--host-driver-version"
 NVIDIA_KIND = "nvidia.com/gpu"
 GENERATE_FIX = ("`nvc cdi generate --output {path}`; to keep it true, install hooks/nvc-cdi-refresh.service and "
                 ".path and `systemctl enable --now nvc-cdi-refresh.path nvc-cdi-refresh.service` (they regenerate "
@@ -119,11 +121,29 @@ def _some(items: list[str], limit: int = 4) -> str:
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def stated_driver_version(spec: Any) -> str | None:
+    """The driver version a spec was generated for: its ``nvc/driver-version`` annotation (``--annotations``), else
+    the ``--host-driver-version`` a hook is given — ours (``--host-driver-version V``) and nvidia-ctk's
+    ``enable-cuda-compat`` hook (``--host-driver-version=V``) both carry it, so a 0.5.0 spec is checked too."""
+    stated = spec.annotations.get(ANNOTATION_DRIVER_VERSION)
+    if stated:
+        return stated
+    for edits in (spec.edits, *spec.devices.values()):
+        for hook in edits.get("hooks") or ():
+            args = hook.get("args") or ()
+            for i, arg in enumerate(args):
+                if arg == HOST_DRIVER_VERSION_FLAG and i + 1 < len(args):
+                    return args[i + 1]
+                if arg.startswith(HOST_DRIVER_VERSION_FLAG + "="):
+                    return arg.partition("=")[2]
+    return None
+
+
 def _spec_findings(paths: DoctorPaths, registry: Registry, driver: str | None) -> list[Finding]:
     findings = []
     for spec in registry.specs:
         shown = _shown(paths, spec.path)
-        stated = spec.annotations.get(ANNOTATION_DRIVER_VERSION)
+        stated = stated_driver_version(spec)
         stale = bool(stated and driver and stated != driver)
         if stale:
             findings.append(_finding(

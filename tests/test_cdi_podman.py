@@ -73,8 +73,7 @@ def spec_dir(tmp_path_factory, host, tools) -> Path:
     bindir, env = tools
     spec_dir = tmp_path_factory.mktemp("cdi")
     res = subprocess.run([sys.executable, "-m", "nvc", "cdi", "generate", "--driver-root", str(env["NVC_DRIVER_ROOT"]),
-                          "--hook-path", str(bindir / "nvidia-cdi-hook"), "--output", str(spec_dir / "nvidia.yaml"),
-                          "--no-annotations"],
+                          "--hook-path", str(bindir / "nvidia-cdi-hook"), "--output", str(spec_dir / "nvidia.yaml")],
                          env={**os.environ, **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                          timeout=120, check=False)  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -138,8 +137,8 @@ def test_podman_cdi_unknown_device_fails_the_run(podman):
 
 
 def test_podman_43_refuses_a_cdi_0_6_spec(podman, podman_version, tmp_path, spec_dir):  # noqa: F811
-    """Why ``--no-annotations`` exists: the default spec carries the nvc/driver-* annotations, which need
-    cdiVersion 0.6.0, and podman 4.3's CDI library knows versions up to 0.5.0 only."""
+    """Why ``--annotations`` is off by default: the nvc/driver-* annotations need cdiVersion 0.6.0, and podman
+    4.3's CDI library knows versions up to 0.5.0 only."""
     if not podman_version.startswith("podman version 4.3."):
         pytest.skip(f"checked on podman 4.3 only, this is {podman_version}")
     annotated = tmp_path / "cdi"

@@ -81,5 +81,7 @@ def test_exec_start_writes_the_spec(tmp_path, host, tools):
     assert res.returncode == 0, res.stderr
     assert res.stdout.endswith("\n644\n")  # the file's mode
     spec = yaml.safe_load(res.stdout[: -len("644\n")])
-    assert spec["kind"] == "nvidia.com/gpu" and spec["annotations"]["nvc/driver-version"] == "535.309.01"
+    assert spec["kind"] == "nvidia.com/gpu" and spec["cdiVersion"] == "0.5.0"  # what podman 4.3 reads
+    hook_args = spec["containerEdits"]["hooks"][0]["args"]
+    assert hook_args[hook_args.index("--host-driver-version") + 1] == "535.309.01"
     assert os.path.lexists(output) == host_spec_before  # the host's /run was not touched

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from nvc.doctor import diagnose, format_findings, has_errors
 from nvc.setup_cdi import edit_containerd_cdi
 from tests.test_doctor import make_host
@@ -91,6 +93,29 @@ def test_driver_upgrade_makes_the_spec_stale(tmp_path):
                             "/usr/lib/x86_64-linux-gnu/libcuda.so.535.104.05")
     text = format_findings(findings)
     assert "why: after a driver upgrade" in text and "fix: `nvc cdi generate --output" in text
+
+
+@pytest.mark.parametrize("hook_args", [
+    ["nvidia-cdi-hook", "configure-container", "--host-driver-version", "535.104.05", "--folder", "/usr/lib64"],
+    ["nvidia-cdi-hook", "enable-cuda-compat", "--host-driver-version=535.104.05"],  # nvidia-ctk's spelling
+], ids=["nvc", "nvidia-ctk"])
+def test_stale_spec_without_annotations_is_found_by_its_hook(tmp_path, hook_args):
+    """A 0.5.0 spec (the default, no annotations) still states its driver: in its hook's --host-driver-version."""
+    paths = make_host(tmp_path, "good-containerd-runc")
+    path = write_spec(Path(paths.root), "/var/run/cdi/nvidia.json", driver="535.104.05")
+    spec = json.loads(path.read_text())
+    spec["cdiVersion"] = "0.5.0"
+    del spec["annotations"]
+    spec["containerEdits"]["hooks"] = [{"hookName": "createContainer", "path": "/usr/bin/nvidia-cdi-hook",
+                                        "args": hook_args}]
+    path.write_text(json.dumps(spec))
+    findings = cdi_findings(paths)
+    assert checks(findings) == [("error", "cdi.driver-version")]
+    assert findings[0].what == ("CDI spec /var/run/cdi/nvidia.json was generated for driver 535.104.05, but driver "
+                                f"{DRIVER} is loaded")
+    spec["containerEdits"]["hooks"][0]["args"] = [a.replace("535.104.05", DRIVER) for a in hook_args]
+    path.write_text(json.dumps(spec))
+    assert checks(cdi_findings(paths)) == [("ok", "cdi.spec")]
 
 
 def test_conflicts(tmp_path):

@@ -54,7 +54,10 @@ class GenerateRequest:
     hook_path: str | None = None
     capabilities: frozenset[Capability] | None = None  # None: all (what `nvc list` prints)
     mode: str = "auto"
-    annotations: bool = True
+    # Off by default: spec-level annotations need cdiVersion 0.6.0, which consumers built on CDI < 0.6 (Debian 12's
+    # podman 4.3) refuse as "unresolvable CDI devices". The driver version is in the spec either way, as the hook's
+    # --host-driver-version argument, which is what `nvc doctor` compares with the loaded driver.
+    annotations: bool = False
 
 
 def default_hook_path() -> str:

@@ -17,7 +17,11 @@ Bundles (and the NVML answer cache, as /run/nvc on a real host) live on a privat
 VM, creating files on the virtual disk stalls for 0.5-1 ms at times (ext4 journal), which doubles the hook's
 figures for minutes at a time and swamps what we measure.
 
+With --compare OLD_REPO, the same tools are installed a second time running OLD_REPO's nvc (an older checkout),
+old and new alternate within every round, and each figure is printed for both with the median paired difference.
+
 Usage: python bench/bench_hook.py [-n ROUNDS] [--gpus 1,8] [--warmup N] [--settle-ms MS] [--on-disk]
+                                  [--compare OLD_REPO]
 """
 
 from __future__ import annotations
@@ -168,6 +172,7 @@ def main() -> int:
     parser.add_argument("--settle-ms", type=float, default=0.0,
                         help="pause before each timed run, so the kernel's asynchronous teardown of the previous "
                              "container (mount namespaces, cgroups) does not land in the next measurement")
+    parser.add_argument("--compare", type=Path, help="an older checkout to alternate with")
     args = parser.parse_args()
     global SETTLE_SECONDS
     SETTLE_SECONDS = args.settle_ms / 1000
@@ -187,35 +192,56 @@ def main() -> int:
           f"({os.cpu_count()} cpus), {sys.executable} "
           f"(Python {sys.version.split()[0]})")
     counts = list(dict.fromkeys(int(c) for c in args.gpus.split(",")))
+    versions = {"new": REPO, **({"old": args.compare.resolve()} if args.compare else {})}
     try:
-        envs: dict[int, dict[str, str]] = {}
+        envs: dict[tuple[str, int], dict[str, str]] = {}
         for count in counts:
             host = make_gpu_host(hosts / f"host{count}", gpus=gpus(count), migs=())
-            envs[count] = install_tools(hosts / f"bin{count}", host)
-            envs[count]["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
+            for version, repo in versions.items():
+                bindir = hosts / f"bin{count}-{version}"
+                envs[version, count] = install_tools(bindir, host)
+                envs[version, count]["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
+                if repo != REPO:  # the same wrappers, importing the older checkout's nvc
+                    for wrapper in bindir.iterdir():
+                        if wrapper.name != "config.toml":
+                            wrapper.write_text(wrapper.read_text().replace(repr(str(REPO)), repr(str(repo))))
         for _ in range(args.warmup):  # fixtures, page cache, pyc files, the NVML and inventory answer caches
             for env in envs.values():
                 for kind in KINDS:
                     runc_once(work, env, base, kind)
                 hook_once(work, env, base)
-        hook_samples: dict[int, list[tuple[float, float]]] = {count: [] for count in counts}
-        runc_samples = {count: {kind: [] for kind in KINDS} for count in counts}
-        for _ in range(args.rounds):  # alternate kinds and GPU counts so drift hits every variant alike
-            for count, env in envs.items():
-                hook_samples[count].append(hook_once(work, env, base))
-                for kind in KINDS:
-                    runc_samples[count][kind].append(runc_once(work, env, base, kind))
+        hook_samples: dict[tuple[str, int], list[tuple[float, float]]] = {key: [] for key in envs}
+        runc_samples = {key: {kind: [] for kind in KINDS} for key in envs}
+        for _ in range(args.rounds):  # alternate kinds, versions and GPU counts so drift hits every variant alike
+            for count in counts:
+                for kind in ("hook-latency", *KINDS):
+                    for version in versions:
+                        env = envs[version, count]
+                        if kind == "hook-latency":
+                            hook_samples[version, count].append(hook_once(work, env, base))
+                        else:
+                            runc_samples[version, count][kind].append(runc_once(work, env, base, kind))
         for count in counts:
-            print(f"{count} GPU(s) selected:")
-            wall = statistics.median(w for w, _ in hook_samples[count])
-            cpu = statistics.median(c for _, c in hook_samples[count])
-            print(f"  hook latency (state on stdin -> exit): {wall:6.1f} ms wall, {cpu:6.1f} ms CPU (user+sys)")
-            base_ms = statistics.median(runc_samples[count]["none"])
-            for kind, label in KINDS.items():
-                med = statistics.median(runc_samples[count][kind])
-                added = med - base_ms
-                ratio = "" if kind == "none" else f"  added {added:5.1f} ms, ratio {added / base_ms:.2f}"
-                print(f"  runc run /bin/true: {med:6.1f} ms  {label:42s}{ratio}")
+            for version in versions:
+                key = (version, count)
+                print(f"{count} GPU(s) selected{f' ({version}: {versions[version]})' if args.compare else ''}:")
+                wall = statistics.median(w for w, _ in hook_samples[key])
+                cpu = statistics.median(c for _, c in hook_samples[key])
+                print(f"  hook latency (state on stdin -> exit): {wall:6.1f} ms wall, {cpu:6.1f} ms CPU (user+sys)")
+                base_ms = statistics.median(runc_samples[key]["none"])
+                for kind, label in KINDS.items():
+                    med = statistics.median(runc_samples[key][kind])
+                    added = med - base_ms
+                    ratio = "" if kind == "none" else f"  added {added:5.1f} ms, ratio {added / base_ms:.2f}"
+                    print(f"  runc run /bin/true: {med:6.1f} ms  {label:42s}{ratio}")
+            if args.compare:
+                new, old = ("new", count), ("old", count)
+                diffs = [a[0] - b[0] for a, b in zip(hook_samples[new], hook_samples[old], strict=True)]
+                print(f"{count} GPU(s), new - old, median of paired differences: hook latency "
+                      f"{statistics.median(diffs):+.2f} ms")
+                for kind, label in KINDS.items():
+                    diffs = [a - b for a, b in zip(runc_samples[new][kind], runc_samples[old][kind], strict=True)]
+                    print(f"  runc run /bin/true, {label:42s} {statistics.median(diffs):+6.2f} ms")
     finally:
         safe_rmtree(hosts)
         if args.on_disk:

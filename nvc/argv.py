@@ -355,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         from nvc.cli import click_main
 
         return click_main(args)
+    if argv is None:  # run as the program (nvc/oneshot.py)
+        from nvc import oneshot
+
+        oneshot.begin()
     prog = prog_name()
     try:
         if parsed.version:
@@ -366,8 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         rootfs, pid, dry_run = values.pop("rootfs"), values.pop("pid"), values.pop("dry_run")
         run_configure(opts, configure_request(rootfs, values, pid), dry_run)
     except (Exception, KeyboardInterrupt) as exc:
-        return report_error(prog, exc)
-    return 0
+        code = report_error(prog, exc)
+    else:
+        code = 0
+    return oneshot.end(code) if argv is None else code
 
 
 if __name__ == "__main__":

@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one line on stderr and exit 1 on any failure (runc shows it to the user)."""
     from nvc.errors import run_reporting_errors
 
+    if argv is None:  # run as the program (nvc/oneshot.py)
+        from nvc import oneshot
+
+        oneshot.begin()
     args = sys.argv[1:] if argv is None else argv
 
     def run() -> int:
@@ -254,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(USAGE)
             return 2
 
-    return run_reporting_errors(PROG, run)
+    code = run_reporting_errors(PROG, run)
+    return oneshot.end(code) if argv is None else code
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ import os
 
 from nvc.errors import NvcError
 from nvc.record import field, record
-from nvc.sys import bpf
 from nvc.sys.mount import unescape_mountinfo
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from nvc.sys import bpf  # imported where used: a cgroup v1 host never loads the eBPF code
 
 # struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; } (include/uapi/linux/bpf.h)
 BPF_DEVCG_DEV_BLOCK = 1
@@ -42,7 +43,11 @@ _TYPE_CODES = {"c": BPF_DEVCG_DEV_CHAR, "b": BPF_DEVCG_DEV_BLOCK}
 
 # Registers the prefix loads the context into; r1 (the context pointer) is never written, because the program
 # we prepend to starts by reading it.
-_R_TYPE, _R_ACCESS, _R_MAJOR, _R_MINOR = bpf.R2, bpf.R3, bpf.R4, bpf.R5
+def _context_registers() -> tuple[int, int, int, int]:
+    """(type, access, major, minor) registers: r2..r5."""
+    from nvc.sys import bpf
+
+    return bpf.R2, bpf.R3, bpf.R4, bpf.R5
 
 _MAX_MAJOR = (1 << 12) - 1  # Linux dev_t: 12-bit major, 20-bit minor; also keeps every immediate positive
 _MAX_MINOR = (1 << 20) - 1
@@ -291,13 +296,16 @@ def _prologue() -> list[bpf.Insn]:
     Full 32-bit loads plus shifts/masks rather than a 16-bit narrow load: endianness-independent, and accepted by
     every kernel that has device programs.
     """
+    from nvc.sys import bpf
+
+    r_type, r_access, r_major, r_minor = _context_registers()
     return [
-        bpf.ldx_mem(bpf.BPF_W, _R_TYPE, bpf.R1, 0),
-        bpf.alu32_imm(bpf.BPF_AND, _R_TYPE, 0xFFFF),
-        bpf.ldx_mem(bpf.BPF_W, _R_ACCESS, bpf.R1, 0),
-        bpf.alu32_imm(bpf.BPF_RSH, _R_ACCESS, 16),
-        bpf.ldx_mem(bpf.BPF_W, _R_MAJOR, bpf.R1, 4),
-        bpf.ldx_mem(bpf.BPF_W, _R_MINOR, bpf.R1, 8),
+        bpf.ldx_mem(bpf.BPF_W, r_type, bpf.R1, 0),
+        bpf.alu32_imm(bpf.BPF_AND, r_type, 0xFFFF),
+        bpf.ldx_mem(bpf.BPF_W, r_access, bpf.R1, 0),
+        bpf.alu32_imm(bpf.BPF_RSH, r_access, 16),
+        bpf.ldx_mem(bpf.BPF_W, r_major, bpf.R1, 4),
+        bpf.ldx_mem(bpf.BPF_W, r_minor, bpf.R1, 8),
     ]
 
 
@@ -307,15 +315,18 @@ def _rule_block(rule: DeviceRule) -> list[bpf.Insn]:
     The access check is one ``jset``: any requested bit outside the rule's access skips the block, so a rule
     granting ``rw`` does not grant ``mknod``. A ``rwm`` rule skips the check (as runc does).
     """
+    from nvc.sys import bpf
+
+    r_type, r_access, r_major, r_minor = _context_registers()
     checks: list[tuple[int, int, int]] = []  # (jump op, register, immediate)
     if rule.type != "a":
-        checks.append((bpf.BPF_JNE, _R_TYPE, _TYPE_CODES[rule.type]))
+        checks.append((bpf.BPF_JNE, r_type, _TYPE_CODES[rule.type]))
     if rule.access_mask != _ALL_ACCESS:
-        checks.append((bpf.BPF_JSET, _R_ACCESS, 0xFFFF & ~rule.access_mask))
+        checks.append((bpf.BPF_JSET, r_access, 0xFFFF & ~rule.access_mask))
     if rule.major is not None:
-        checks.append((bpf.BPF_JNE, _R_MAJOR, rule.major))
+        checks.append((bpf.BPF_JNE, r_major, rule.major))
     if rule.minor is not None:
-        checks.append((bpf.BPF_JNE, _R_MINOR, rule.minor))
+        checks.append((bpf.BPF_JNE, r_minor, rule.minor))
     length = len(checks) + 2
     block = [bpf.jmp_imm(op, reg, imm, length - (i + 1)) for i, (op, reg, imm) in enumerate(checks)]
     block += [bpf.mov32_imm(bpf.R0, 1), bpf.exit_insn()]
@@ -328,6 +339,7 @@ def allow_rules_prefix(rules: Sequence[DeviceRule]) -> tuple[list[bpf.Insn], boo
     Returns ``(insns, complete)``: ``complete`` is True when a rule allows everything, so nothing after the prefix
     could run (the verifier rejects unreachable code, so nothing may be appended then).
     """
+
     insns = _prologue()
     for rule in rules:
         insns += _rule_block(rule)
@@ -338,6 +350,8 @@ def allow_rules_prefix(rules: Sequence[DeviceRule]) -> tuple[list[bpf.Insn], boo
 
 def device_filter_program(rules: Sequence[DeviceRule]) -> list[bpf.Insn]:
     """A complete deny-by-default program allowing only ``rules`` (what a runtime attaches to a container)."""
+    from nvc.sys import bpf
+
     insns, complete = allow_rules_prefix(rules)
     if not complete:
         insns += [bpf.mov32_imm(bpf.R0, 0), bpf.exit_insn()]
@@ -351,6 +365,8 @@ def check_relocatable(insns: Sequence[bpf.Insn]) -> None:
     map ids; such programs cannot be loaded again as dumped. Runtimes' device filters (runc, crun, systemd) use
     neither, so this only guards against a program we would silently break.
     """
+    from nvc.sys import bpf
+
     for n, insn in enumerate(insns):
         if bpf.is_call(insn):
             raise ValueError(f"instruction {n} is a call ({insn}); a program with calls cannot be extended")
@@ -360,6 +376,7 @@ def check_relocatable(insns: Sequence[bpf.Insn]) -> None:
 
 def prepend_allow_rules(rules: Sequence[DeviceRule], old: Sequence[bpf.Insn]) -> list[bpf.Insn]:
     """``old`` with checks allowing ``rules`` in front: every other device gets exactly ``old``'s verdict."""
+
     check_relocatable(old)
     insns, complete = allow_rules_prefix(rules)
     return insns if complete else insns + list(old)
@@ -493,6 +510,8 @@ def _replace(dir_fd: int, attach_flags: int, current_fd: int, new_fd: int) -> No
     program is attached *before* the old one is detached, so the container is never less restricted than asked.
     Single-program cgroups (flags 0 / ALLOW_OVERRIDE): attaching with the same flags replaces the program.
     """
+    from nvc.sys import bpf
+
     if attach_flags & bpf.BPF_F_ALLOW_MULTI:
         try:
             bpf.prog_attach(
@@ -508,6 +527,8 @@ def _replace(dir_fd: int, attach_flags: int, current_fd: int, new_fd: int) -> No
 
 
 def _allow_v2(target: CgroupTarget, rules: tuple[DeviceRule, ...]) -> DeviceAccessChange:
+    from nvc.sys import bpf
+
     try:
         dir_fd = os.open(target.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:

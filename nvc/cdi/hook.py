@@ -351,6 +351,10 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     from nvc.errors import run_reporting_errors
 
+    if argv is None:  # run as the hook program (nvc/oneshot.py)
+        from nvc import oneshot
+
+        oneshot.begin()
     args = sys.argv[1:] if argv is None else argv
     try:
         parse_args(args)
@@ -359,14 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write((f"{PROG}: input error: {message}\n" if message else "") + USAGE)
         return 0 if not message else 1
     code = run_reporting_errors(PROG, lambda: run(args), os_error_stage="container")
-    if argv is None:
-        # Run as the hook program: leave without the interpreter's teardown (unloading ~40 modules, cffi's
-        # included, costs 2-3 ms of every container start). Nothing of ours needs it: files are written with raw
-        # fds and renamed, the undo log is committed or rolled back, no atexit handler is ours.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    # Run as the hook program: leave without the interpreter's teardown (2-3 ms of every container start) when
+    # nothing needs it: files are written with raw fds and renamed, the undo log is committed or rolled back.
+    return oneshot.end(code) if argv is None else code
 
 
 if __name__ == "__main__":

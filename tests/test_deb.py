@@ -1,0 +1,236 @@
+"""The Debian package, installed for real: built by scripts/build-deb.sh, installed with ``dpkg -i`` and
+``apt-get -f install`` into a fresh debootstrap'd Debian root (a copy; chroot in a private mount namespace), its
+tools run there against the fake GPU host, a real hook run configures a container, then an upgrade and a purge.
+
+The package is built once per session (plus a second version for the upgrade); the root is installed once per
+module and the tests run in file order on it: install, use, upgrade, purge. Run under the heavy-test lock
+(``flock /tmp/nvc-heavy.lock python -m pytest tests/test_deb.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures.deb_root import CHROOT_PATH, DebRoot, build_deb, deb_field
+from fixtures.rootfs import apt_install
+from nvc import CLI_COMPAT_VERSION
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = sorted(["nvc", *(p.name for p in (REPO / "scripts/launchers").iterdir())])
+CONFIG = "/etc/nvidia-container-runtime/config.toml"
+HOOKS_D = "/usr/share/containers/oci/hooks.d/oci-nvidia-hook.json"
+# What apt and dpkg may keep after a purge (policy: their own state, logs and caches), and scratch space.
+ALLOWED_LEFTOVERS = ("var/lib/dpkg/", "var/lib/apt/", "var/log/", "var/cache/apt/", "var/cache/debconf/",
+                     "var/cache/ldconfig/", "tmp/", "etc/ld.so.cache")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def deb_dir(tmp_path_factory):
+    apt_install(["dpkg-dev", "debhelper", "help2man", "python3-pip", "python3.11"])
+    return tmp_path_factory.mktemp("debs")
+
+
+@pytest.fixture(scope="session")
+def deb(deb_dir) -> Path:
+    """The package as scripts/build-deb.sh builds it (version from debian/changelog)."""
+    return build_deb(deb_dir / "v1")
+
+
+@pytest.fixture(scope="session")
+def deb_v2(deb, deb_dir) -> Path:
+    """A second build, one version higher (NVC_DEB_VERSION), for the upgrade."""
+    return build_deb(deb_dir / "v2", deb_field(deb, "Version") + "+test1")
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A host directory that the root shows at the same path."""
+    return tmp_path_factory.mktemp("debroot-scratch")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, deb, deb_dir, host, scratch):
+    """A fresh Debian root with the package installed the documented way; (root, pristine file list, dpkg -i)."""
+    root = DebRoot.create(tmp_path_factory.mktemp("debroot") / "root", binds=[deb_dir, host.root.parent, scratch])
+    try:
+        root.run("apt-get -q update")
+        pristine = root.files()
+        first = root.run(f"dpkg -i {deb}", check=False)
+        root.run("apt-get -q -y -f install")
+        yield root, pristine, first
+    finally:
+        root.remove()
+
+
+def _chroot_env(host) -> dict[str, str]:
+    return {"NVML_STUB_CONFIG": host.env["NVML_STUB_CONFIG"]}
+
+
+def test_package_fields_and_contents(deb):
+    assert deb_field(deb, "Package") == "nvc"
+    assert deb_field(deb, "Architecture") == "amd64"
+    assert "python3.11" in re.split(r"[,\s]+", deb_field(deb, "Depends"))
+    for name in ("nvidia-container-toolkit", "libnvidia-container-tools"):
+        assert f"{name} (= {CLI_COMPAT_VERSION})" in deb_field(deb, "Provides")
+    for field in ("Conflicts", "Replaces"):
+        listed = {re.sub(r"\s*\(.*\)", "", p.strip()) for p in deb_field(deb, field).split(",")}
+        assert {"nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools"} <= listed
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+    paths = {line.split()[5].removeprefix(".") for line in listing.splitlines()}
+    for tool in TOOLS:
+        assert f"/usr/bin/{tool}" in paths
+        assert f"/usr/lib/nvc/bin/{tool}" in paths
+        assert f"/usr/share/man/man1/{tool}.1.gz" in paths
+    assert {CONFIG, HOOKS_D, "/usr/lib/nvc/pyvenv.cfg"} <= paths
+    assert not [p for p in paths if p.endswith(".pyc") or "__pycache__" in p]  # postinst compiles on the target
+    ctrl = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True, text=True, check=True)
+    assert ctrl.stdout.split() == [CONFIG]
+
+
+def test_dpkg_then_apt_installs_the_dependencies(installed):
+    root, _, first = installed
+    assert first.returncode == 1  # dpkg alone: python3.11 is missing in a minimal root
+    assert "nvc depends on python3.11" in first.stderr
+    status = root.run("dpkg-query -W -f='${Status} ${Version}' nvc python3.11").stdout
+    assert status.count("install ok installed") == 2, status
+    mark = root.run("apt-mark showauto").stdout.split()
+    assert "python3.11" in mark  # pulled in as a dependency: autoremove takes it again after a purge
+
+
+def test_tools_answer_and_launchers_start_isolated(installed, host, fixture_set):
+    root, _, _ = installed
+    env = {**_chroot_env(host), "NVC_LAUNCHER_TRACE": "1", "PYTHONPATH": "/nonexistent", "PYTHONSTARTUP": "/x"}
+    res = root.run("nvidia-container-cli --version", env=env)
+    assert res.stdout.splitlines()[0] == f"cli-version: {CLI_COMPAT_VERSION}"
+    assert res.stderr == "nvc-launcher: isolated=1 no_site=1 site=False\n"
+    res = root.run("nvidia-container-runtime-hook poststart </dev/null", env=env)
+    assert res.stderr == "nvc-launcher: isolated=1 no_site=1 site=False\n"
+    # The shim finds no runc in this root: one line, exit 1, after an isolated start.
+    res = root.run("nvidia-container-runtime state x", env=env, check=False)
+    assert res.returncode == 1
+    assert res.stderr.splitlines() == [
+        "nvc-launcher: isolated=1 no_site=1 site=False",
+        "nvidia-container-runtime: initialization error: no low-level runtime found in PATH (looked for runc, crun)",
+    ]
+    # nvc (the admin command) lists exactly what the development venv lists for the same driver root.
+    res = root.run(f"nvc --root {host.root} list", env=_chroot_env(host))
+    dev = subprocess.run([sys.executable, "-m", "nvc", "--root", str(host.root), "list"], capture_output=True,
+                         text=True, env={"PATH": CHROOT_PATH, **host.env}, check=True)  # fmt: skip
+    assert res.stdout == dev.stdout
+    lines = res.stdout.splitlines()  # the driver root's files, as paths inside it; the stub's GPUs (minors 3, 0)
+    assert {"/dev/nvidia3", "/dev/nvidia0"} <= set(lines)
+    assert any(line.endswith("/libnvidia-ml.so.535.309.01") for line in lines)
+
+
+def test_hook_configures_a_container_without_writing_bytecode(installed, host, scratch):
+    """A real prestart run in the installed layout: the held mount namespace stands for the container.
+
+    The bundle is a host directory shown at the same path in the root: once in the container's mount namespace
+    (setns), the hook sees that namespace's root, the host's, as a runtime running outside any chroot does.
+    """
+    root, _, _ = installed
+    bundle = scratch / "bundle"
+    for d in ("usr/lib64", "usr/bin", "sbin", "dev", "proc", "etc"):
+        (bundle / "rootfs" / d).mkdir(parents=True)
+    (bundle / "rootfs/sbin/ldconfig").write_bytes(b"")
+    spec = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "mounts": [],
+            "process": {"env": ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]}}  # fmt: skip
+    (bundle / "config.json").write_text(json.dumps(spec))
+    (root.path / "tmp/hook.toml").write_text(
+        f'[nvidia-container-cli]\nroot = "{host.root}"\nload-kmods = false\nno-cgroups = true\n'
+    )
+    root.run("touch /tmp/before-hook")
+    script = f"""
+        for i in 1 2; do  # a cold start (NVML, inventory) and a warm one, each for a fresh container
+            unshare -m --propagation unchanged sleep 600 & holder=$!  # run() made the namespace private already
+            while [ "$(readlink /proc/$holder/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ]; do sleep 0.01; done
+            printf '{{"ociVersion": "1.0.2", "id": "c", "pid": %d, "bundle": "{bundle}"}}' $holder \\
+                | nvidia-container-runtime-hook prestart || {{ rc=$?; kill $holder; exit $rc; }}
+            kill $holder
+        done
+    """
+    root.run(script, env={**_chroot_env(host), "NVIDIA_CTK_CONFIG_FILE_PATH": "/tmp/hook.toml"})
+    printed = root.run(f"ldconfig -p -C {bundle}/rootfs/etc/ld.so.cache").stdout
+    assert "libnvidia-ml.so.1 (libc6,x86-64) => /usr/lib64/libnvidia-ml.so.1" in printed
+    # Nothing was compiled or written under /usr/lib/nvc by these starts: postinst compiled every module.
+    assert root.run("find /usr/lib/nvc -newer /tmp/before-hook").stdout == ""
+    missing = root.run(
+        "cd /usr/lib/nvc/lib/python3.11/site-packages && for f in $(find . -name '*.py'); do "
+        'd=${f%/*}; b=${f##*/}; [ -f "$d/__pycache__/${b%.py}.cpython-311.pyc" ] || echo $f; done'
+    ).stdout
+    assert missing == ""
+
+
+def test_hooks_d_file_config_and_man_pages(installed):
+    root, _, _ = installed
+    hook = json.loads((root.path / HOOKS_D.lstrip("/")).read_text())
+    assert hook["hook"]["path"] == "/usr/bin/nvidia-container-runtime-hook"
+    assert hook["hook"]["args"][0] == "nvidia-container-runtime-hook"
+    assert (root.path / CONFIG.lstrip("/")).read_text() == (REPO / "hooks/config.toml").read_text()
+    # The generated pages carry every option the command's --help lists.
+    for tool in ("nvc", "nvidia-container-cli"):
+        helptext = root.run(f"{tool} --help").stdout
+        page = root.run(f"zcat /usr/share/man/man1/{tool}.1.gz").stdout.replace("\\-", "-")
+        options = set(re.findall(r"(?m)^\s+(?:-\w, )?(--[a-z][a-z-]+)", helptext))
+        assert options and all(opt in page for opt in options), (options, page)
+    res = root.run("nvidia-container-runtime-hook --help", check=False)
+    usage = res.stdout + res.stderr
+    page = root.run("zcat /usr/share/man/man1/nvidia-container-runtime-hook.1.gz").stdout.replace("\\-", "-")
+    for word in re.findall(r"-?[a-zA-Z]+", usage.split(" ", 2)[2]):
+        assert word in page, word
+
+
+def test_bench_startup_runs(installed):
+    root, _, _ = installed
+    res = subprocess.run([sys.executable, str(REPO / "bench/bench_deb_startup.py"), "--root", str(root.path),
+                          "-n", "2", "--json"], capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert result["launcher"]["installed"] == "nvc-launcher: isolated=1 no_site=1 site=False"
+    for figures in result["commands"].values():
+        assert figures["installed_wall_ms"] > 0 and figures["dev_wall_ms"] > 0
+
+
+def test_upgrade_keeps_an_edited_config(installed, deb_v2, host):
+    root, _, _ = installed
+    config = root.path / CONFIG.lstrip("/")
+    edited = config.read_text().replace("#load-kmods = true", "load-kmods = false")
+    assert edited != config.read_text()
+    config.write_text(edited)
+    root.run(f"apt-get -q -y install {deb_v2}")
+    assert root.run("dpkg-query -W -f='${Version}' nvc").stdout == deb_field(deb_v2, "Version")
+    assert config.read_text() == edited
+    assert not list(config.parent.glob("config.toml.dpkg-*"))
+    res = root.run("nvidia-container-cli --version", env={"NVC_LAUNCHER_TRACE": "1"})
+    assert res.stderr == "nvc-launcher: isolated=1 no_site=1 site=False\n"
+    assert root.run("ls /usr/lib/nvc/lib/python3.11/site-packages/nvc/__pycache__/hook.cpython-311.pyc").returncode == 0
+
+
+def test_purge_leaves_nothing_behind(installed):
+    """``apt-get purge nvc``: every file of the package, the byte-code postinst wrote, the conffile and the
+    tools' cache in /run/nvc go; nothing else is touched, nothing is added (apt/dpkg state and logs aside)."""
+    root, pristine, _ = installed
+    assert (root.path / "run/nvc").is_dir()  # the tools' answer cache, made by the runs above
+    owned = {p.lstrip("/") for p in root.run("dpkg -L nvc").stdout.splitlines() if p.strip() not in ("", "/.")}
+    before = root.files(skip=ALLOWED_LEFTOVERS)
+    root.run("apt-get -q -y purge nvc")
+    assert root.run("dpkg-query -W -f='${db:Status-Abbrev}' nvc", check=False).stdout.strip() in ("", "un")
+    after = root.files(skip=ALLOWED_LEFTOVERS)
+    assert sorted(after - before) == []
+    assert {"usr/lib/nvc/", "usr/bin/nvidia-container-cli", CONFIG.lstrip("/")} <= before - after
+    ours = ("usr/lib/nvc/", "run/nvc/", "etc/nvidia-container-runtime/")
+    removed = {p for p in before - after if p.rstrip("/") not in {o.rstrip("/") for o in owned}}
+    assert sorted(p for p in removed if not p.startswith(ours)) == []
+    # Nothing of ours is left: no packaged path that the pristine root did not have, no cache, no config.
+    leftovers = {p for p in after - pristine if p.rstrip("/") in {o.rstrip("/") for o in owned} or p.startswith(ours)}
+    assert sorted(leftovers) == []
+    assert not (root.path / "run/nvc").exists()
+    assert not (root.path / "etc/nvidia-container-runtime").exists()

@@ -6,7 +6,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${NVC_VENV:-$REPO/.venv}"
 
 apt_packages=(gcc libc6-dev dpkg apt ca-certificates debian-archive-keyring python3-venv util-linux
-              runc crun runsc containerd podman docker.io busybox-static debootstrap)
+              runc crun runsc containerd podman docker.io busybox-static debootstrap
+              dpkg-dev debhelper help2man python3-pip lintian)  # the last line: scripts/build-deb.sh
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -34,7 +34,7 @@ ALLOWED_LEFTOVERS = ("var/lib/dpkg/", "var/lib/apt/", "var/log/", "var/cache/apt
 
 @pytest.fixture(scope="session")
 def deb_dir(tmp_path_factory):
-    apt_install(["dpkg-dev", "debhelper", "help2man", "python3-pip", "python3.11"])
+    apt_install(["dpkg-dev", "debhelper", "help2man", "python3-pip", "python3.11"])  # as scripts/setup.sh
     return tmp_path_factory.mktemp("debs")
 
 
@@ -93,6 +93,15 @@ def test_package_fields_and_contents(deb):
     assert not [p for p in paths if p.endswith(".pyc") or "__pycache__" in p]  # postinst compiles on the target
     ctrl = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True, text=True, check=True)
     assert ctrl.stdout.split() == [CONFIG]
+
+
+def test_lintian_reports_no_error_or_warning(deb):
+    """debian/nvc.lintian-overrides says why the venv's interpreter path is right; nothing else may be flagged."""
+    apt_install(["lintian"])
+    res = subprocess.run(["lintian", "--fail-on", "error,warning", str(deb)], capture_output=True, text=True,
+                         timeout=300, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not re.search(r"(?m)^[EW]: ", res.stdout), res.stdout
 
 
 def test_dpkg_then_apt_installs_the_dependencies(installed):

@@ -61,7 +61,9 @@ os.makedirs(out, exist_ok=True)
 for path in sorted(glob.glob("hooks/*.json")):
     with open(path) as f:
         doc = json.load(f)
-    hook = doc["hook"]
+    hook = doc.get("hook") if isinstance(doc, dict) else None
+    if not isinstance(hook, dict) or "path" not in hook:
+        continue  # not an OCI hooks.d file
     name = os.path.basename(hook["path"])
     if name not in tools:
         sys.exit(f"{path}: hook path {hook['path']} is none of the packaged commands {sorted(tools)}")
@@ -91,5 +93,8 @@ for tool in $tools; do
     printf '#!/bin/sh\nPYTHONPATH=%s exec %s %s "$@"\n' "$site" "$PY" "$venv/bin/$tool" >"$shim/$tool"
     chmod 0755 "$shim/$tool"
     help2man --no-info --version-string="$version" --name="$(sed -n "s/^$tool: //p" debian/man/names)" \
-        --output="$dest/usr/share/man/man1/$tool.1" "$shim/$tool"
+        --output="$dest/usr/share/man/man1/$tool.1" "$shim/$tool" || {
+        echo "stage-tree: help2man cannot make $tool.1 from '$tool --help': write debian/man/$tool.1" >&2
+        exit 1
+    }
 done

@@ -92,7 +92,8 @@ for tool in $tools; do
     fi
     printf '#!/bin/sh\nPYTHONPATH=%s exec %s %s "$@"\n' "$site" "$PY" "$venv/bin/$tool" >"$shim/$tool"
     chmod 0755 "$shim/$tool"
-    help2man --no-info --version-string="$version" --name="$(sed -n "s/^$tool: //p" debian/man/names)" \
+    name=$(sed -n "s/^$tool: //p" debian/man/names)
+    help2man --no-info --no-discard-stderr --version-string="$version" --name="${name:-part of nvc, NVIDIA's container GPU stack}" \
         --output="$dest/usr/share/man/man1/$tool.1" "$shim/$tool" || {
         echo "stage-tree: help2man cannot make $tool.1 from '$tool --help': write debian/man/$tool.1" >&2
         exit 1

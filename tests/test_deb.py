@@ -70,6 +70,12 @@ def installed(tmp_path_factory, deb, deb_dir, host, scratch):
         root.remove()
 
 
+def _merged_usr(path: str) -> str:
+    """A path as the root stores it: Debian 12's /bin, /sbin and /lib are links into /usr."""
+    path = path.strip().lstrip("/")
+    return "usr/" + path if path.split("/", 1)[0] in ("bin", "sbin", "lib", "lib64") and "/" in path else path
+
+
 def _chroot_env(host) -> dict[str, str]:
     return {"NVML_STUB_CONFIG": host.env["NVML_STUB_CONFIG"]}
 
@@ -197,6 +203,17 @@ def test_hooks_d_file_config_and_man_pages(installed):
         assert word in page, word
 
 
+def test_units_ship_disabled(installed):
+    """hooks/'s systemd units (if any) are installed naming /usr/bin, and enabling them is left to the admin."""
+    root, _, _ = installed
+    units = sorted(p.name for p in (REPO / "hooks").iterdir() if p.suffix in (".service", ".path", ".timer"))
+    for unit in units:
+        text = (root.path / "lib/systemd/system" / unit).read_text()
+        assert "/usr/local/bin/" not in text
+    enabled = root.run("find /etc/systemd/system -name 'nvc*'", check=False).stdout
+    assert enabled == ""
+
+
 def test_bench_startup_runs(installed):
     root, _, _ = installed
     res = subprocess.run([sys.executable, str(REPO / "bench/bench_deb_startup.py"), "--root", str(root.path),
@@ -228,18 +245,24 @@ def test_purge_leaves_nothing_behind(installed):
     tools' cache in /run/nvc go; nothing else is touched, nothing is added (apt/dpkg state and logs aside)."""
     root, pristine, _ = installed
     assert (root.path / "run/nvc").is_dir()  # the tools' answer cache, made by the runs above
-    owned = {p.lstrip("/") for p in root.run("dpkg -L nvc").stdout.splitlines() if p.strip() not in ("", "/.")}
+    owned = {_merged_usr(p) for p in root.run("dpkg -L nvc").stdout.splitlines() if p.strip() not in ("", "/.")}
     before = root.files(skip=ALLOWED_LEFTOVERS)
     root.run("apt-get -q -y purge nvc")
     assert root.run("dpkg-query -W -f='${db:Status-Abbrev}' nvc", check=False).stdout.strip() in ("", "un")
     after = root.files(skip=ALLOWED_LEFTOVERS)
     assert sorted(after - before) == []
     assert {"usr/lib/nvc/", "usr/bin/nvidia-container-cli", CONFIG.lstrip("/")} <= before - after
-    ours = ("usr/lib/nvc/", "run/nvc/", "etc/nvidia-container-runtime/")
-    removed = {p for p in before - after if p.rstrip("/") not in {o.rstrip("/") for o in owned}}
-    assert sorted(p for p in removed if not p.startswith(ours)) == []
+    owned_paths = {o.rstrip("/") for o in owned}
+
+    made = ("usr/lib/nvc/", "run/nvc/", "etc/nvidia-container-runtime/")
+
+    def ours(path: str) -> bool:  # what the package and its scripts make: files, cache, config, units' state
+        units_state = path.startswith("var/lib/systemd/deb-systemd-helper-") and "nvc" in path
+        return path.rstrip("/") in owned_paths or path.startswith(made) or units_state
+
+    assert sorted(p for p in before - after if not ours(p)) == []
     # Nothing of ours is left: no packaged path that the pristine root did not have, no cache, no config.
-    leftovers = {p for p in after - pristine if p.rstrip("/") in {o.rstrip("/") for o in owned} or p.startswith(ours)}
+    leftovers = {p for p in after - pristine if ours(p)}
     assert sorted(leftovers) == []
     assert not (root.path / "run/nvc").exists()
     assert not (root.path / "etc/nvidia-container-runtime").exists()

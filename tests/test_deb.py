@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.deb_root import CHROOT_PATH, DebRoot, build_deb, deb_field
+from fixtures.deb_root import CHROOT_PATH, NVIDIA_PACKAGES, DebRoot, build_deb, deb_field, nvidia_stand_in_debs
 from fixtures.rootfs import apt_install
 from nvc import CLI_COMPAT_VERSION
 
@@ -108,6 +108,41 @@ def test_lintian_reports_no_error_or_warning(deb):
                          timeout=300, check=False)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     assert not re.search(r"(?m)^[EW]: ", res.stdout), res.stdout
+
+
+def test_replaces_nvidias_packages_keeping_their_config(tmp_path, deb, deb_dir):
+    """A host with NVIDIA's toolkit (stand-ins: same names, versions, Depends and paths; its repository is out of
+    reach here): ``apt install ./nvc.deb`` removes the toolkit and the CLI package, keeps libnvidia-container1 and
+    what depends on the toolkit (our Provides), and keeps the admin's config.toml (dpkg's conffile prompt,
+    answered non-interactively with --force-confold as README "Install" says)."""
+    stand_ins = nvidia_stand_in_debs(tmp_path / "nvidia")
+    root = DebRoot.create(tmp_path / "root", binds=[deb_dir, tmp_path / "nvidia"])
+    try:
+        root.run(f"apt-get -q update && apt-get -q -y install {' '.join(map(str, stand_ins))}")
+        assert root.run(f"dpkg-query -W -f='${{db:Status-Abbrev}}\\n' {' '.join(NVIDIA_PACKAGES)}").stdout.split() == [
+            "ii"
+        ] * len(NVIDIA_PACKAGES)
+        config = root.path / CONFIG.lstrip("/")
+        config.write_text(config.read_text() + "[nvidia-container-cli]\nload-kmods = false\n")
+        edited = config.read_text()
+        root.run(f"apt-get -q -y -o Dpkg::Options::=--force-confold install {deb}")
+        states = dict(
+            line.split(" ", 1)
+            for line in root.run("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n'").stdout.splitlines()
+        )
+        assert states["nvc"].strip() == "ii"
+        for name in ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools"):
+            assert states.get(name, "un").strip() in ("un", "rc"), (name, states.get(name))
+        assert states["libnvidia-container1"].strip() == "ii"
+        assert states["nvidia-docker2"].strip() == "ii"
+        assert config.read_text() == edited
+        for path in ("/usr/bin/nvidia-container-cli", "/usr/bin/nvidia-container-runtime-hook"):
+            assert root.run(f"readlink -f {path}").stdout.strip().startswith("/usr/lib/nvc/bin/")
+        assert not (root.path / "usr/bin/nvidia-ctk").exists()  # -base's own command went with it
+        res = root.run("nvidia-container-cli --version")
+        assert res.stdout.startswith(f"cli-version: {CLI_COMPAT_VERSION}")
+    finally:
+        root.remove()
 
 
 def test_dpkg_then_apt_installs_the_dependencies(installed):

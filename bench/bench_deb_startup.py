@@ -18,7 +18,10 @@ Without ``--root`` it builds the package (scripts/build-deb.sh), installs it wit
 debootstrap root (fixtures.deb_root) and deletes that copy at the end; ``--root DIR`` uses a root where the
 package is already installed.
 
-Usage: python bench/bench_deb_startup.py [--root DIR] [-n ROUNDS] [--dev-bin DIR] [--json]
+``--wheel-venv`` adds a third layout: a venv on the host's python3.11 with nvc pip-installed from its wheel (not
+editable, so its launchers also start without site), i.e. the package's layout made by pip, paired the same way.
+
+Usage: python bench/bench_deb_startup.py [--root DIR] [-n ROUNDS] [--dev-bin DIR] [--wheel-venv] [--json]
 """
 
 from __future__ import annotations
@@ -61,12 +64,12 @@ def _prepare_bundle(root: Path) -> None:
     (bundle / "config.json").write_text(json.dumps(spec))
 
 
-def measure(root: Path, dev_bin: Path, rounds: int) -> dict:
+def measure(root: Path, dev_bin: Path, rounds: int, venv_bin: Path | None = None) -> dict:
     _prepare_bundle(root)
     work = Path(tempfile.mkdtemp(prefix="nvc-bench-deb-"))
     try:
         states = {}
-        for layout, bundle in (("installed", BUNDLE), ("dev", str(root) + BUNDLE)):
+        for layout, bundle in (("installed", BUNDLE), ("dev", str(root) + BUNDLE), ("venv", str(root) + BUNDLE)):
             states[layout] = work / f"state-{layout}.json"
             states[layout].write_text(json.dumps({"ociVersion": "1.0.2", "id": "bench", "pid": os.getpid(),
                                                   "bundle": bundle}))  # fmt: skip
@@ -79,6 +82,10 @@ def measure(root: Path, dev_bin: Path, rounds: int) -> dict:
             "dev": (["chroot", "/"], str(dev_bin), {**base_env, "NVIDIA_CTK_CONFIG_FILE_PATH": str(root) + CONFIG,
                                                     "NVC_CACHE_DIR": str(work / "cache")}),
         }  # fmt: skip
+        if venv_bin is not None:  # a plain (not editable) pip install: the package's layout without the package
+            (work / "venv-cache").mkdir(mode=0o700)
+            layouts["venv"] = (["chroot", "/"], str(venv_bin), {**layouts["dev"][2],
+                                                                "NVC_CACHE_DIR": str(work / "venv-cache")})  # fmt: skip
         commands = {
             "hook prestart (no GPU asked)": ("nvidia-container-runtime-hook", ["prestart"], True),
             "nvidia-container-cli --version": ("nvidia-container-cli", ["--version"], False),
@@ -92,7 +99,7 @@ def measure(root: Path, dev_bin: Path, rounds: int) -> dict:
             result["launcher"][layout] = err.strip()
         for title, (tool, args, with_state) in commands.items():
             samples: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in layouts}
-            diffs: list[float] = []
+            diffs: dict[str, list[float]] = {k: [] for k in layouts if k != "installed"}
             for i in range(rounds + 2):  # two warm-up pairs fill the page cache and the config cache
                 order = list(layouts) if i % 2 == 0 else list(reversed(layouts))
                 pair: dict[str, float] = {}
@@ -107,15 +114,17 @@ def measure(root: Path, dev_bin: Path, rounds: int) -> dict:
                         samples[layout]["cpu"].append(cpu)
                     pair[layout] = wall
                 if i >= 2:
-                    diffs.append(pair["installed"] - pair["dev"])
-            diffs.sort()
-            result["commands"][title] = {
-                **{f"{layout}_{kind}_ms": round(statistics.median(values), 2)
-                   for layout, kinds in samples.items() for kind, values in kinds.items()},
-                "paired_diff_median_ms": round(statistics.median(diffs), 2),
-                "paired_diff_p10_ms": round(diffs[len(diffs) // 10], 2),
-                "paired_diff_p90_ms": round(diffs[(len(diffs) * 9) // 10 - (1 if len(diffs) >= 10 else 0)], 2),
-            }  # fmt: skip
+                    for other, values in diffs.items():
+                        values.append(pair["installed"] - pair[other])
+            figures = {f"{layout}_{kind}_ms": round(statistics.median(values), 2)
+                       for layout, kinds in samples.items() for kind, values in kinds.items()}  # fmt: skip
+            for other, values in diffs.items():
+                values.sort()
+                name = "paired_diff" if other == "dev" else f"paired_diff_vs_{other}"
+                figures[f"{name}_median_ms"] = round(statistics.median(values), 2)
+                figures[f"{name}_p10_ms"] = round(values[len(values) // 10], 2)
+                figures[f"{name}_p90_ms"] = round(values[(len(values) * 9) // 10 - (1 if len(values) >= 10 else 0)], 2)
+            result["commands"][title] = figures
         return result
     finally:
         import shutil
@@ -132,6 +141,22 @@ def _installed_root(tmp: Path):
     return root
 
 
+def _wheel_venv(tmp: Path) -> Path:
+    """A venv on the host's python3.11 with nvc installed from a wheel (not editable) and the pinned libraries, from
+    the package build's wheel cache (no network once scripts/build-deb.sh has run): the package's layout, by pip."""
+    from fixtures.deb_root import wheel_cache
+
+    venv = tmp / "wheel-venv"
+    subprocess.run(["/usr/bin/python3.11", "-m", "venv", str(venv)], check=True, capture_output=True)
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
+    # The cache holds only pinned versions (debian/requirements.txt): pip resolves nvc's requirements among them.
+    proc = subprocess.run([str(venv / "bin/pip"), "install", "-q", "--no-index", "--find-links", str(wheel_cache()),
+                           str(REPO)], capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"pip install of nvc into {venv} failed:\n{proc.stderr[-2000:]}")
+    return venv / "bin"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, help="a Debian root with the nvc package installed (default: make one)")
@@ -141,6 +166,11 @@ def main() -> int:
         type=Path,
         default=Path(sys.executable).parent,
         help="the development venv's bin directory (default: this interpreter's)",
+    )
+    parser.add_argument(
+        "--wheel-venv",
+        action="store_true",
+        help="also time a venv with nvc pip-installed from its wheel (the package's layout, by pip)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -158,7 +188,8 @@ def main() -> int:
             root = args.root.resolve()
         if not (root / "usr/lib/nvc/bin/nvc").is_file():
             parser.error(f"{root}: the nvc package is not installed there")
-        result = measure(root, args.dev_bin.absolute(), max(args.rounds, 1))
+        venv_bin = _wheel_venv(tmp) if args.wheel_venv else None
+        result = measure(root, args.dev_bin.absolute(), max(args.rounds, 1), venv_bin)
     finally:
         if made is not None:
             made.remove()
@@ -173,12 +204,17 @@ def main() -> int:
         print(f"  {layout:9} launcher: {trace}")
     for title, fig in result["commands"].items():
         print(f"{title}:")
-        for layout in ("installed", "dev"):
+        for layout in result["launcher"]:
             print(f"  {layout:9} wall {fig[f'{layout}_wall_ms']:7.2f} ms   cpu {fig[f'{layout}_cpu_ms']:7.2f} ms")
         print(
             f"  installed - dev, paired: median {fig['paired_diff_median_ms']:+.2f} ms "
             f"(p10 {fig['paired_diff_p10_ms']:+.2f}, p90 {fig['paired_diff_p90_ms']:+.2f})"
         )
+        if "paired_diff_vs_venv_median_ms" in fig:
+            print(
+                f"  installed - venv, paired: median {fig['paired_diff_vs_venv_median_ms']:+.2f} ms "
+                f"(p10 {fig['paired_diff_vs_venv_p10_ms']:+.2f}, p90 {fig['paired_diff_vs_venv_p90_ms']:+.2f})"
+            )
     return 0
 
 

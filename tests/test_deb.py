@@ -251,13 +251,16 @@ def test_units_ship_disabled(installed):
 
 def test_bench_startup_runs(installed):
     root, _, _ = installed
-    res = subprocess.run([sys.executable, str(REPO / "bench/bench_deb_startup.py"), "--root", str(root.path),
-                          "-n", "2", "--json"], capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    argv = [sys.executable, str(REPO / "bench/bench_deb_startup.py"), "--root", str(root.path), "-n", "2",
+            "--wheel-venv", "--json"]  # fmt: skip
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
     assert result["launcher"]["installed"] == "nvc-launcher: isolated=1 no_site=1 site=False"
+    assert result["launcher"]["venv"] == "nvc-launcher: isolated=1 no_site=1 site=False"
     for figures in result["commands"].values():
-        assert figures["installed_wall_ms"] > 0 and figures["dev_wall_ms"] > 0
+        assert figures["installed_wall_ms"] > 0 and figures["dev_wall_ms"] > 0 and figures["venv_wall_ms"] > 0
+        assert "paired_diff_median_ms" in figures and "paired_diff_vs_venv_median_ms" in figures
 
 
 def test_upgrade_keeps_an_edited_config(installed, deb_v2, host):

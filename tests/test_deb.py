@@ -10,6 +10,7 @@ module and the tests run in file order on it: install, use, upgrade, purge. Run 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -173,7 +174,8 @@ def test_tools_answer_and_launchers_start_isolated(installed, host, fixture_set)
     # nvc (the admin command) lists exactly what the development venv lists for the same driver root.
     res = root.run(f"nvc --root {host.root} list", env=_chroot_env(host))
     dev = subprocess.run([sys.executable, "-m", "nvc", "--root", str(host.root), "list"], capture_output=True,
-                         text=True, env={"PATH": CHROOT_PATH, **host.env}, check=True)  # fmt: skip
+                         text=True, env={"PATH": CHROOT_PATH, "NVC_CACHE_DIR": os.environ["NVC_CACHE_DIR"], **host.env},
+                         check=True)  # fmt: skip
     assert res.stdout == dev.stdout
     lines = res.stdout.splitlines()  # the driver root's files, as paths inside it; the stub's GPUs (minors 3, 0)
     assert {"/dev/nvidia3", "/dev/nvidia0"} <= set(lines)

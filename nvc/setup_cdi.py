@@ -20,8 +20,6 @@ replacement, nothing written twice, ``--dry-run`` shows the diff.
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 from datetime import datetime
 from typing import Any
@@ -34,7 +32,6 @@ from nvc.setup_config import (
     ConfigChange,
     _append_block,
     _check_toml,
-    _json_indent,
     _lookup,
     _parse_toml,
     _plain,
@@ -43,6 +40,7 @@ from nvc.setup_config import (
     _set_value,
     _under,
     containerd_config_version,
+    edit_daemon_json,
     find_binary,
     write_config_file,
 )
@@ -135,20 +133,14 @@ def edit_containerd_cdi(
 
 def edit_docker_cdi(text: str, source: str = DOCKER_DAEMON_CONFIG) -> str:
     """daemon.json text → with ``"features": {"cdi": true}`` (other keys, their order and the indent kept)."""
-    try:
-        data = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise NvcError("input", f"{source}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise NvcError("input", f"{source}: expected a JSON object at the top level")
-    original = copy.deepcopy(data)
-    features = data.setdefault("features", {})
-    if not isinstance(features, dict):
-        raise NvcError("input", f'{source}: "features" is not a JSON object')
-    features["cdi"] = True
-    if data == original:
-        return text
-    return json.dumps(data, indent=_json_indent(text), ensure_ascii=False) + "\n"
+
+    def enable(data: dict[str, Any]) -> None:
+        features = data.setdefault("features", {})
+        if not isinstance(features, dict):
+            raise NvcError("input", f'{source}: "features" is not a JSON object')
+        features["cdi"] = True
+
+    return edit_daemon_json(text, source, enable)
 
 
 def _known_version(override: str | None, binary: str, root: str) -> tuple[int, int] | None:

@@ -29,7 +29,7 @@ import contextlib
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -426,6 +426,14 @@ def edit_docker_daemon(
     source: str = DOCKER_DAEMON_CONFIG,
 ) -> str:
     """daemon.json text → with our runtime entry (key order and indentation kept; unchanged if already so)."""
+    return edit_daemon_json(
+        text, source, lambda data: _add_docker_runtime(data, runtime, runtime_name, runsc_path, shim_path,
+                                                       set_default, source))
+
+
+def edit_daemon_json(text: str, source: str, edit: Callable[[dict[str, Any]], None]) -> str:
+    """daemon.json ``text`` changed in place by ``edit`` (given the top-level object): the text as it was when
+    nothing changed, else the object with the file's own indentation. Bad JSON is a one-line input error."""
     import copy
     import json
 
@@ -436,6 +444,14 @@ def edit_docker_daemon(
     if not isinstance(data, dict):
         raise NvcError("input", f"{source}: expected a JSON object at the top level")
     original = copy.deepcopy(data)
+    edit(data)
+    if data == original:
+        return text
+    return json.dumps(data, indent=_json_indent(text), ensure_ascii=False) + "\n"
+
+
+def _add_docker_runtime(data: dict[str, Any], runtime: str, runtime_name: str, runsc_path: str | None,
+                        shim_path: str | None, set_default: bool, source: str) -> None:
     fragment = docker_daemon_config(runtime, runtime_name, runsc_path, shim_path, set_default)
     want = fragment["runtimes"][runtime_name]
     runtimes = data.setdefault("runtimes", {})
@@ -458,9 +474,6 @@ def edit_docker_daemon(
     runtimes[runtime_name] = entry
     if set_default:
         data["default-runtime"] = runtime_name
-    if data == original:
-        return text
-    return json.dumps(data, indent=_json_indent(text), ensure_ascii=False) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------

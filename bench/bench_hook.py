@@ -193,6 +193,10 @@ def main() -> int:
           f"(Python {sys.version.split()[0]})")
     counts = list(dict.fromkeys(int(c) for c in args.gpus.split(",")))
     versions = {"new": REPO, **({"old": args.compare.resolve()} if args.compare else {})}
+    for repo in versions.values():  # the bytecode bundle the launchers read (scripts/setup.sh builds it too)
+        if (repo / "nvc/bytecode_bundle.py").exists():
+            subprocess.run([sys.executable, "-m", "nvc.bytecode_bundle", str(repo / "nvc")], cwd=repo, check=True,
+                           stdout=subprocess.DEVNULL)
     try:
         envs: dict[tuple[str, int], dict[str, str]] = {}
         for count in counts:

@@ -60,6 +60,9 @@ def make_install(prefix: Path, repo: Path) -> Path:
     (prefix / "bin/nvc").chmod(0o755)
     for name in LAUNCHERS:
         shutil.copy2(repo / "scripts/launchers" / name, prefix / "bin" / name)
+    if (repo / "nvc/bytecode_bundle.py").exists():  # the bundle the launchers read, as setup.sh and postinst build it
+        subprocess.run([sys.executable, "-m", "nvc.bytecode_bundle", str(repo / "nvc")], cwd=repo, check=True,
+                       stdout=subprocess.DEVNULL)
     return prefix / "bin"
 
 

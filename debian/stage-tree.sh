@@ -48,6 +48,7 @@ done
 PYTHONPATH=$site $PY "$venv/bin/nvidia-container-cli" --version | grep -q '^cli-version: '
 PYTHONPATH=$site $PY -c 'import click, cffi, elftools, pynvml, tomlkit, nvc.cli, nvc.hook, nvc.sys'
 $PY -m compileall -q "$site" >/dev/null  # postinst compiles the same files: none may fail there
+PYTHONPATH=$site $PY -m nvc.bytecode_bundle >/dev/null  # and writes the bundle the same way
 find "$site" -depth -type d -name __pycache__ -exec rm -rf {} +
 
 # 4. Runtime configuration: the hooks.d file naming /usr/bin, config.toml (a conffile: it is in /etc), and the

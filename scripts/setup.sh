@@ -38,4 +38,6 @@ if [ ! -f "$stamp" ] || [ "$REPO/pyproject.toml" -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q -e "$REPO[test]"
     touch "$stamp"
 fi
+# The launchers' bytecode bundle (nvc/bytecode_bundle.py): rebuilt when a module changed, else left as it is.
+"$VENV/bin/python" -m nvc.bytecode_bundle >/dev/null
 export PATH="$VENV/bin:$PATH"

@@ -73,16 +73,19 @@ def field(*, default: Any = MISSING, default_factory: Callable[[], Any] | Any = 
 
 
 def _is_classvar(annotation: object) -> bool:
-    text = annotation.strip() if isinstance(annotation, str) else repr(annotation)
-    return text.startswith(("ClassVar", "typing.ClassVar"))
+    text = annotation if annotation.__class__ is str else repr(annotation)
+    # the substring test first: every record class is decorated at import, on each container start
+    return "ClassVar" in text and text.strip().startswith(("ClassVar", "typing.ClassVar"))
 
 
 def _collect(cls: type) -> list[Field]:
     """The class's fields, bases' first (like dataclasses), with defaults taken off the class where needed."""
     by_name: dict[str, Field] = {}
-    for base in reversed(cls.__mro__[1:]):
-        for item in base.__dict__.get("__record_fields__", ()):
-            by_name[item.name] = item
+    mro = cls.__mro__
+    if len(mro) > 2:  # (cls, object) needs no look at the bases
+        for base in reversed(mro[1:]):
+            for item in base.__dict__.get("__record_fields__", ()):
+                by_name[item.name] = item
     namespace = cls.__dict__
     for name, annotation in namespace.get("__annotations__", {}).items():
         if _is_classvar(annotation):
@@ -102,13 +105,14 @@ def _collect(cls: type) -> list[Field]:
                 f"mutable default {type(item.default)} for field {name} is not allowed: use default_factory"
             )
         by_name[name] = item
+    items = list(by_name.values())
     seen_default = False
-    for item in by_name.values():
+    for item in items:
         has_default = item.default is not MISSING or item.default_factory is not MISSING
         if not has_default and seen_default:
             raise TypeError(f"non-default argument {item.name!r} follows default argument")
         seen_default = seen_default or has_default
-    return list(by_name.values())
+    return items
 
 
 def _plural(names: list[str]) -> str:
@@ -213,26 +217,29 @@ def _slots_class(cls: type, names: tuple[str, ...]) -> type:
 
 def _install(cls: type, frozen: bool, slots: bool, eq: bool, repr: bool) -> type:
     items = _collect(cls)
-    names = tuple(item.name for item in items)
+    names = tuple([item.name for item in items])
     if slots:
         if "__slots__" in cls.__dict__:
             raise TypeError(f"{cls.__name__} already specifies __slots__")
         cls = _slots_class(cls, names)
     own = cls.__dict__
+    qualname = cls.__qualname__
 
     def put(name: str, value: object) -> None:  # like dataclasses: never replace what the class body defines
         if name not in own:
-            value.__qualname__ = f"{cls.__qualname__}.{name}"  # type: ignore[attr-defined]
+            value.__qualname__ = f"{qualname}.{name}"  # type: ignore[attr-defined]
             setattr(cls, name, value)
 
     cls.__record_fields__ = tuple(items)  # type: ignore[attr-defined]
     cls.__record_params__ = (frozen, slots, eq, repr)  # type: ignore[attr-defined]
     cls.__match_args__ = names  # type: ignore[attr-defined]
     put("__init__", _make_init(cls, items, slots, hasattr(cls, "__post_init__")))
+    # One attrgetter for every field list that is all the fields (the usual case): each costs a C object.
+    every = _getter(list(names))
 
     if repr:
         shown = [item.name for item in items if item.repr]
-        show = _getter(shown)
+        show = every if len(shown) == len(names) else _getter(shown)
 
         def __repr__(self: Any) -> str:
             values = show(self)
@@ -242,7 +249,8 @@ def _install(cls: type, frozen: bool, slots: bool, eq: bool, repr: bool) -> type
         put("__repr__", __repr__)
 
     if eq:
-        key = _getter([item.name for item in items if item.compare])
+        compared = [item.name for item in items if item.compare]
+        key = every if len(compared) == len(names) else _getter(compared)
 
         def __eq__(self: Any, other: Any) -> Any:
             if other.__class__ is self.__class__:
@@ -253,12 +261,13 @@ def _install(cls: type, frozen: bool, slots: bool, eq: bool, repr: bool) -> type
         # dataclasses' rule: a __hash__ the body defines is kept (None from a body-defined __eq__ does not count)
         if "__hash__" not in own or (own["__hash__"] is None and "__eq__" in own):
             if frozen:
-                hash_key = _getter([item.name for item in items if (item.compare if item.hash is None else item.hash)])
+                hashed = [item.name for item in items if (item.compare if item.hash is None else item.hash)]
+                hash_key = every if len(hashed) == len(names) else _getter(hashed)
 
                 def __hash__(self: Any) -> int:
                     return hash(hash_key(self))
 
-                __hash__.__qualname__ = f"{cls.__qualname__}.__hash__"
+                __hash__.__qualname__ = f"{qualname}.__hash__"
                 cls.__hash__ = __hash__  # type: ignore[method-assign]
             else:
                 cls.__hash__ = None  # type: ignore[assignment]
@@ -269,7 +278,7 @@ def _install(cls: type, frozen: bool, slots: bool, eq: bool, repr: bool) -> type
         cls.__setattr__ = _frozen_setattr  # type: ignore[method-assign,assignment]
         cls.__delattr__ = _frozen_delattr  # type: ignore[method-assign,assignment]
         if slots:  # copy/pickle restore slot state through setattr, which frozen forbids
-            state = _getter(list(names))
+            state = every
 
             def __getstate__(self: Any) -> tuple[Any, ...]:
                 return state(self)

@@ -443,7 +443,7 @@ def _os_message(exc: OSError) -> str:
 def _read_v1_list(cgroup_dir: str) -> list[DeviceRule] | None:
     """The cgroup's ``devices.list``, or None when it cannot be read or parsed."""
     try:
-        with open(os.path.join(cgroup_dir, "devices.list"), encoding="ascii") as f:
+        with open(os.path.join(cgroup_dir, "devices.list"), encoding="utf-8") as f:  # ASCII (no codec import)
             return [DeviceRule.parse(line) for line in f if line.strip()]
     except (OSError, ValueError):
         return None

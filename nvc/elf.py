@@ -8,7 +8,7 @@ listed as x86-64 is refused), so that check reads 20 header bytes with ``struct`
 
 from __future__ import annotations
 
-import struct
+import _struct as struct  # struct.py only re-exports _struct: one module fewer to import per start
 
 from nvc.record import record
 

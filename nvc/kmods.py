@@ -44,8 +44,9 @@ def _which(name: str) -> str | None:
 
 
 def _read_majors(driver_root: str) -> dict[str, int] | None:
+    # UTF-8, not ascii: the kernel writes ASCII here, and ascii's codec is a module to import on every start.
     try:
-        with open(host_path(driver_root, "/proc/devices"), encoding="ascii", errors="replace") as f:
+        with open(host_path(driver_root, "/proc/devices"), encoding="utf-8", errors="replace") as f:
             return parse_device_majors(f.read())
     except OSError:
         return None
@@ -54,7 +55,7 @@ def _read_majors(driver_root: str) -> dict[str, int] | None:
 def _read_params(driver_root: str) -> dict[str, str]:
     """``/proc/driver/nvidia/params`` as ``{key: value}`` (empty when unreadable)."""
     try:
-        with open(host_path(driver_root, comp.PROC_DRIVER + "/params"), encoding="ascii", errors="replace") as f:
+        with open(host_path(driver_root, comp.PROC_DRIVER + "/params"), encoding="utf-8", errors="replace") as f:
             return parse_params(f.read(1 << 16))
     except OSError:
         return {}

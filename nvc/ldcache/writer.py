@@ -45,11 +45,11 @@ lacks (a stale cache stays stale apart from the additions; ldconfig would rescan
 
 from __future__ import annotations
 
-import bisect
+import _bisect as bisect  # bisect.py is Python wrappers _bisect replaces: skip it
+import _struct as struct  # struct.py only re-exports _struct: one module fewer to import per start
 import os
 import posixpath
 import stat
-import struct
 import sys
 
 from nvc.ldcache import format as fmt

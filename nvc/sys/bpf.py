@@ -15,9 +15,9 @@ that lacks a feature, ``EACCES`` when the verifier rejects a program: then the v
 
 from __future__ import annotations
 
+import _struct as struct  # struct.py only re-exports _struct: one module fewer to import per start
 import errno as _errno
 import os
-import struct
 import sys
 
 from nvc.record import record

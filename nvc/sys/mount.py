@@ -197,7 +197,7 @@ def mount_id(fd: int) -> int:
 
     Used to check that an fd reopened after a classic mount really is the new mount, and by tests.
     """
-    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+    with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8") as f:  # ASCII; the ascii codec would be an import
         for line in f:
             if line.startswith("mnt_id:"):
                 return int(line.split()[1])

@@ -31,7 +31,7 @@ from nvc.sys.openat2 import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2, ope
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import Literal
+    from typing import Any, Literal
 
     MountApi = Literal["new", "classic"]
 
@@ -274,12 +274,14 @@ class RootFs:
         except OSError as exc:
             raise self._error(exc, inner_dir) from exc
 
-    def create_file(self, inner_path: str, mode: int = 0o644, *, undo: Undo | None = None) -> tuple[int, bool]:
+    def create_file(self, inner_path: str, mode: int = 0o644, *, undo: Undo | None = None,
+                    same_as: tuple[int, int] | None = None) -> tuple[int | None, bool]:  # fmt: skip
         """Create an empty placeholder file to bind-mount onto; return ``(O_PATH fd, created)``.
 
         An existing regular file is reused (``created=False``: the caller warns, the mount hides it). A symlink,
         directory, device, fifo or socket is refused with :class:`ContainerFsError` and never followed: mounting
-        over a symlink's target is how CVE-2024-0134 reached the host.
+        over a symlink's target is how CVE-2024-0134 reached the host. ``same_as`` (device, inode): an existing
+        entry that is that file gives ``(None, False)`` (:meth:`bind_unless_same`).
         """
 
         def create(parent: int, name: str) -> int:
@@ -293,24 +295,28 @@ class RootFs:
             finally:
                 os.close(fd)
 
-        return self._create_or_reuse(inner_path, create, stat.S_ISREG, "file", undo)
+        return self._create_or_reuse(inner_path, create, stat.S_ISREG, "file", undo, same_as)
 
-    def create_dir(self, inner_path: str, mode: int = 0o755, *, undo: Undo | None = None) -> tuple[int, bool]:
+    def create_dir(self, inner_path: str, mode: int = 0o755, *, undo: Undo | None = None,
+                   same_as: tuple[int, int] | None = None) -> tuple[int | None, bool]:  # fmt: skip
         """Create a directory to mount onto (tmpfs, a GPU's proc dir); return ``(O_PATH fd, created)``.
 
-        An existing directory is reused; a symlink (even to a directory) or a non-directory is refused.
+        An existing directory is reused; a symlink (even to a directory) or a non-directory is refused. ``same_as``
+        as for :meth:`create_file`.
         """
 
         def create(parent: int, name: str) -> int:
             return _mkdir_at(parent, name, mode, undo, self.host_path(inner_path))
 
-        return self._create_or_reuse(inner_path, create, stat.S_ISDIR, "directory", undo)
+        return self._create_or_reuse(inner_path, create, stat.S_ISDIR, "directory", undo, same_as)
 
     def _create_or_reuse(self, inner_path: str, create: Callable[[int, str], int], reusable: Callable[[int], bool],
-                         what: str, undo: Undo | None) -> tuple[int, bool]:
+                         what: str, undo: Undo | None,
+                         same_as: tuple[int, int] | None = None) -> tuple[int | None, bool]:  # fmt: skip
         """Create ``inner_path`` with ``create(parent_fd, name)`` (O_EXCL semantics), or reuse what is there if
         ``reusable(st_mode)``; anything else — a symlink above all — is refused, never followed. Retries when the
-        entry appears or vanishes between the two steps (a racing container process)."""
+        entry appears or vanishes between the two steps (a racing container process). ``(None, False)`` when what
+        is there is the file ``same_as`` names (device, inode)."""
         parents, name = _leaf(inner_path)
         parent = self.make_dirs("/".join(parents), undo=undo)
         try:
@@ -324,6 +330,9 @@ class RootFs:
                 except FileNotFoundError:
                     continue  # removed between our two steps: try to create it again
                 st = os.fstat(fd)
+                if same_as is not None and (st.st_dev, st.st_ino) == same_as:
+                    os.close(fd)
+                    return None, False
                 if reusable(st.st_mode):
                     return fd, False
                 os.close(fd)
@@ -437,6 +446,21 @@ class RootFs:
         mnt = self._bind_onto(source, target, inner_path, undo, readonly=readonly, nosuid=nosuid, nodev=nodev,
                               noexec=noexec, recursive=recursive, api=api)
         return mnt, created
+
+    def bind_unless_same(self, source: str | int, inner_path: str, *, directory: bool = False,
+                         undo: Undo | None = None, **options: Any) -> tuple[Mount | None, bool]:  # fmt: skip
+        """:meth:`bind_file` (``directory``: :meth:`bind_dir`) unless ``inner_path`` already is ``source`` (same
+        device and inode: mounted there before), then ``(None, False)``. One lookup of the target and one stat of
+        the source, where checking first and then binding resolved each twice."""
+        st = os.stat(source)
+        same = (st.st_dev, st.st_ino)
+        if directory:
+            target, created = self.create_dir(inner_path, undo=undo, same_as=same)
+        else:
+            target, created = self.create_file(inner_path, stat.S_IMODE(st.st_mode), undo=undo, same_as=same)
+        if target is None:
+            return None, False
+        return self._bind_onto(source, target, inner_path, undo, **options), created
 
     def _bind_onto(self, source: str | int, target: int, inner_path: str, undo: Undo | None, **options) -> Mount:
         """Bind ``source`` onto the target fd (closed here) and record the mount for undo."""

@@ -168,17 +168,6 @@ def _fs_type(host_path: str, table: list[tuple[str, str]]) -> str | None:
     return best[1] if best else None
 
 
-def _same_file(root, source: str | int, inner: str) -> bool:
-    existing = root.lstat(inner)
-    if existing is None:
-        return False
-    try:
-        st = os.stat(source) if isinstance(source, str) else os.fstat(source)
-    except OSError:
-        return False
-    return (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino)
-
-
 def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog, write_ldcache: bool) -> tuple[list[str], bool]:
     from nvc.container_fs import open_root
 
@@ -272,15 +261,14 @@ def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str]
             source_fd = root.resolve_fd(op.source, os.O_PATH)
             source = source_fd
         try:
-            if _same_file(root, source, op.target):
-                log.info(f"skipping {op.target}: already mounted")
-                return
-            bind = root.bind_dir if op.directory else root.bind_file
-            _mount, created = bind(source, op.target, readonly=op.readonly, nosuid=op.nosuid,
-                                   nodev=op.nodev, noexec=op.noexec, undo=undo)
+            mount, created = root.bind_unless_same(source, op.target, directory=op.directory, readonly=op.readonly,
+                                                   nosuid=op.nosuid, nodev=op.nodev, noexec=op.noexec, undo=undo)
         finally:
             if source_fd is not None:
                 os.close(source_fd)
+        if mount is None:
+            log.info(f"skipping {op.target}: already mounted")
+            return
         if not created and not op.directory:
             warnings.append(f"warning: {op.target} exists in the container image; mounted over it")
         log.info(f"mounting {op.source} at {root.host_path(op.target)}")

@@ -362,6 +362,80 @@ def test_bind_file_readonly_in_private_ns(hostile: Hostile, api: str) -> None:
     assert hostile.host_state() == before
 
 
+@pytest.mark.root
+@pytest.mark.parametrize("use_openat2", RESOLVERS)
+def test_bind_unless_same_binds_a_missing_target_once(hostile: Hostile, use_openat2: bool) -> None:
+    """The first call creates the placeholder and binds; the second finds the source already there and skips."""
+    rootfs, source = str(hostile.rootfs), str(hostile.source)
+    before = hostile.host_state(), snapshot(hostile.rootfs)
+
+    def child() -> tuple[bool, bool, int, int]:
+        point = f"{rootfs}/usr/lib/libcuda.so.550.54.15"
+        with open_root(rootfs, use_openat2=use_openat2) as r, Undo() as undo:
+            first, created = r.bind_unless_same(source, "/usr/lib32/libcuda.so.550.54.15", undo=undo)
+            again, created_again = r.bind_unless_same(source, "/usr/lib/libcuda.so.550.54.15", undo=undo)
+            stacked = len([row for row in mountinfo() if row["point"] == point])
+            assert Path(point).read_text() == "libcuda\n"
+            assert stat.S_IMODE(os.stat(point).st_mode) == 0o755  # the source's mode, as bind_file gives
+            rollback_errors = len(undo.rollback())
+        return first is not None and created, again is None and not created_again, stacked, rollback_errors
+
+    assert run_in_mount_ns(child) == (True, True, 1, 0)
+    assert (hostile.host_state(), snapshot(hostile.rootfs)) == before
+
+
+@pytest.mark.root
+def test_bind_unless_same_mounts_over_another_existing_file(hostile: Hostile) -> None:
+    rootfs, source = str(hostile.rootfs), str(hostile.source)
+
+    def child() -> tuple[bool, bool, str]:
+        with open_root(rootfs) as r, Undo() as undo:
+            mnt, created = r.bind_unless_same(source, "/usr/local/lib/libexisting.so.1", undo=undo)
+            text = Path(rootfs, "usr/local/lib/libexisting.so.1").read_text()
+            undo.rollback()
+        return mnt is not None, created, text
+
+    assert run_in_mount_ns(child) == (True, False, "libcuda\n")
+    assert (hostile.rootfs / "usr/local/lib/libexisting.so.1").read_text() == "image's own copy\n"
+
+
+@pytest.mark.root
+def test_bind_unless_same_directory(hostile: Hostile) -> None:
+    rootfs, host = str(hostile.rootfs), str(hostile.host)
+
+    def child() -> tuple[bool, bool, bool]:
+        with open_root(rootfs) as r, Undo() as undo:
+            first, created = r.bind_unless_same(host, "/etc/nvidia/gpus/0", directory=True, undo=undo)
+            again, _ = r.bind_unless_same(host, "/etc/nvidia/gpus/0", directory=True, undo=undo)
+            listed = sorted(os.listdir(f"{rootfs}/etc/nvidia/gpus/0"))
+            undo.rollback()
+        return first is not None and created, again is None, listed == sorted(os.listdir(host))
+
+    assert run_in_mount_ns(child) == (True, True, True)
+    assert not (hostile.rootfs / "etc/nvidia").exists()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("use_openat2", RESOLVERS)
+def test_bind_unless_same_never_follows_a_final_symlink_to_the_source(hostile: Hostile, use_openat2: bool) -> None:
+    """/usr/bin/nvidia-smi is the image's symlink to the host file we mount: following it would call the two the
+    same file and skip; it is refused as bind_file refuses it, and nothing is mounted."""
+    rootfs = str(hostile.rootfs)
+    source = str(hostile.host / "bin" / "nvidia-smi")
+    before = hostile.host_state(), snapshot(hostile.rootfs)
+
+    def child() -> int:
+        with open_root(rootfs, use_openat2=use_openat2) as r, Undo() as undo:
+            with pytest.raises(ContainerFsError) as info:
+                r.bind_unless_same(source, "/usr/bin/nvidia-smi", undo=undo)
+            assert undo.rollback() == []
+        assert mounts_under(rootfs) == []
+        return info.value.errno
+
+    assert run_in_mount_ns(child) == errno.EEXIST
+    assert (hostile.host_state(), snapshot(hostile.rootfs)) == before
+
+
 HOSTILE_CASES = [
     # (operation, in-rootfs path, expected errno or None, where it lands relative to the rootfs)
     ("file", "/usr/lib/x86_64-linux-gnu/libcuda.so.1", None, "{host}/lib/libcuda.so.1"),

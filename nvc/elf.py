@@ -9,8 +9,13 @@ listed as x86-64 is refused), so that check reads 20 header bytes with ``struct`
 from __future__ import annotations
 
 import _struct as struct  # struct.py only re-exports _struct: one module fewer to import per start
+import os
 
 from nvc.record import record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ELFCLASS32 = 1
 ELFCLASS64 = 2
@@ -44,11 +49,33 @@ def read_identity(path: str) -> ElfIdentity | None:
             head = f.read(20)
     except OSError:
         return None
+    return _identity_from(head)
+
+
+def _identity_from(head: bytes) -> ElfIdentity | None:
     if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] not in (ELFCLASS32, ELFCLASS64) or head[5] not in (1, 2):
         return None
     little = head[5] == 1
     (machine,) = struct.unpack_from("<H" if little else ">H", head, 18)
     return ElfIdentity(elf_class=head[4], little_endian=little, machine=machine)
+
+
+def read_identity_and_soname(path: str) -> tuple[ElfIdentity | None, str | None]:
+    """:func:`read_identity` and :func:`read_soname` with one open and one read of the header, by ``pread``:
+    the hot path asks both of every injected library (half its in-process ld.so.cache update went to these)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None, None
+    try:
+        head = os.pread(fd, 64, 0)
+    except OSError:
+        os.close(fd)
+        return None, None
+    try:
+        return _identity_from(head[:20]), _soname_from(lambda size, offset: os.pread(fd, size, offset), head)
+    finally:
+        os.close(fd)
 
 
 def matches_cache_class(identity: ElfIdentity | None, arch_class: int) -> bool:
@@ -135,60 +162,70 @@ def read_soname(path: str) -> str | None:
     """
     try:
         with open(path, "rb") as f:
-            head = f.read(64)
-            if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (ELFCLASS32, ELFCLASS64):
-                return None
-            end = "<" if head[5] == 1 else ">"
-            is64 = head[4] == ELFCLASS64
-            if is64:
-                phoff, = struct.unpack_from(end + "Q", head, 0x20)
-                phentsize, phnum = struct.unpack_from(end + "HH", head, 0x36)
-                ph_fmt, ph_size, dyn_fmt = end + "IIQQQQQQ", 56, end + "qQ"
-            else:
-                phoff, = struct.unpack_from(end + "I", head, 0x1C)
-                phentsize, phnum = struct.unpack_from(end + "HH", head, 0x2A)
-                ph_fmt, ph_size, dyn_fmt = end + "IIIIIIII", 32, end + "iI"
-            if phentsize < ph_size or phnum > _MAX_PHNUM:
-                return None
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-            loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
-            dynamic: tuple[int, int] | None = None  # (offset, size)
-            for i in range(phnum):
-                if (i + 1) * phentsize > len(table):
-                    return None
-                fields = struct.unpack_from(ph_fmt, table, i * phentsize)
-                if is64:
-                    p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = fields[:6]
-                else:
-                    p_type, p_offset, p_vaddr, _paddr, p_filesz = fields[:5]
-                if p_type == _PT_LOAD:
-                    loads.append((p_vaddr, p_offset, p_filesz))
-                elif p_type == _PT_DYNAMIC:
-                    dynamic = (p_offset, p_filesz)
-            if dynamic is None or dynamic[1] > _MAX_DYNAMIC:
-                return None
-            f.seek(dynamic[0])
-            dyn = f.read(dynamic[1])
-            strtab = soname = None
-            step = struct.calcsize(dyn_fmt)
-            for pos in range(0, len(dyn) - step + 1, step):
-                tag, value = struct.unpack_from(dyn_fmt, dyn, pos)
-                if tag == _DT_NULL:
-                    break
-                if tag == _DT_STRTAB:
-                    strtab = value
-                elif tag == _DT_SONAME:
-                    soname = value
-            if strtab is None or soname is None:
-                return None
-            for vaddr, offset, filesz in loads:
-                if vaddr <= strtab < vaddr + filesz:
-                    f.seek(offset + (strtab - vaddr) + soname)
-                    raw = f.read(256).split(b"\0", 1)
-                    return raw[0].decode("utf-8", "surrogateescape") if len(raw) == 2 and raw[0] else None
+
+            def read_at(size: int, offset: int) -> bytes:
+                f.seek(offset)
+                return f.read(size)
+
+            return _soname_from(read_at, f.read(64))
+    except OSError:
+        return None
+
+
+def _soname_from(read_at: Callable[[int, int], bytes], head: bytes) -> str | None:
+    """DT_SONAME from the first 64 bytes of a file and ``read_at(size, offset)`` for the rest; None when absent or
+    not ELF."""
+    try:
+        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (ELFCLASS32, ELFCLASS64):
             return None
-    except (OSError, struct.error, ValueError):
+        end = "<" if head[5] == 1 else ">"
+        is64 = head[4] == ELFCLASS64
+        if is64:
+            phoff, = struct.unpack_from(end + "Q", head, 0x20)
+            phentsize, phnum = struct.unpack_from(end + "HH", head, 0x36)
+            ph_fmt, ph_size, dyn_fmt = end + "IIQQQQQQ", 56, end + "qQ"
+        else:
+            phoff, = struct.unpack_from(end + "I", head, 0x1C)
+            phentsize, phnum = struct.unpack_from(end + "HH", head, 0x2A)
+            ph_fmt, ph_size, dyn_fmt = end + "IIIIIIII", 32, end + "iI"
+        if phentsize < ph_size or phnum > _MAX_PHNUM:
+            return None
+        table = read_at(phentsize * phnum, phoff)
+        loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
+        dynamic: tuple[int, int] | None = None  # (offset, size)
+        for i in range(phnum):
+            if (i + 1) * phentsize > len(table):
+                return None
+            fields = struct.unpack_from(ph_fmt, table, i * phentsize)
+            if is64:
+                p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = fields[:6]
+            else:
+                p_type, p_offset, p_vaddr, _paddr, p_filesz = fields[:5]
+            if p_type == _PT_LOAD:
+                loads.append((p_vaddr, p_offset, p_filesz))
+            elif p_type == _PT_DYNAMIC:
+                dynamic = (p_offset, p_filesz)
+        if dynamic is None or dynamic[1] > _MAX_DYNAMIC:
+            return None
+        dyn = read_at(dynamic[1], dynamic[0])
+        strtab = soname = None
+        step = struct.calcsize(dyn_fmt)
+        for pos in range(0, len(dyn) - step + 1, step):
+            tag, value = struct.unpack_from(dyn_fmt, dyn, pos)
+            if tag == _DT_NULL:
+                break
+            if tag == _DT_STRTAB:
+                strtab = value
+            elif tag == _DT_SONAME:
+                soname = value
+        if strtab is None or soname is None:
+            return None
+        for vaddr, offset, filesz in loads:
+            if vaddr <= strtab < vaddr + filesz:
+                raw = read_at(256, offset + (strtab - vaddr) + soname).split(b"\0", 1)
+                return raw[0].decode("utf-8", "surrogateescape") if len(raw) == 2 and raw[0] else None
+        return None
+    except (OSError, struct.error, ValueError, OverflowError):
         return None
 
 

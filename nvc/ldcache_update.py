@@ -51,15 +51,15 @@ def _read_container_cache(root) -> bytes | None:
 def library_addition(source: str, target: str):
     """The cache entry ldconfig makes for one injected library: its DT_SONAME (the file name when it has none,
     as ldconfig does) and the ``libc6`` flags of its ABI class; None for a file ldconfig would not list."""
-    from nvc.elf import cache_arch_class, read_identity, read_soname
+    from nvc.elf import cache_arch_class, read_identity_and_soname
     from nvc.ldcache import FLAG_ELF_LIBC6
     from nvc.ldcache.writer import LibraryAddition
 
-    arch = cache_arch_class(read_identity(source))
+    identity, soname = read_identity_and_soname(source)
+    arch = cache_arch_class(identity)
     if arch is None:
         return None
-    return LibraryAddition(soname=read_soname(source) or os.path.basename(target), path=target,
-                           flags=FLAG_ELF_LIBC6 | arch)
+    return LibraryAddition(soname=soname or os.path.basename(target), path=target, flags=FLAG_ELF_LIBC6 | arch)
 
 
 def merge_container_cache(existing: bytes | None, rootfs: str, additions, first_dirs: Sequence[str]) -> bytes | None:

@@ -239,3 +239,27 @@ def test_the_hook_launcher_loads_nvc_from_the_bundle(tmp_path, host, tools):
     after = loaded[loaded.index("nvc.bytecode_bundle") + 1 :]
     assert "nvc.hook" in after and "nvc.executor" in after
     assert sorted(after) == sorted(served)
+
+
+@pytest.mark.root
+def test_no_import_from_the_bundle_inside_the_container_namespace(tmp_path):
+    """The executor's import barrier still comes first once the bundle is installed: inside the container's mount
+    namespace even a module the bundle holds is refused (its source would be looked up in the container)."""
+    from tests.test_hotpath_imports import _launcher_path, _run_in_held_namespace
+
+    assert bytecode_bundle.build(str(REPO / "nvc"))[1] > 40
+    code = (
+        f"import sys; sys.path[:0] = {_launcher_path()!r}\n"
+        "import nvc.bytecode_bundle as b\n"
+        "finder = b.install()\n"
+        "from nvc.executor import MountNamespace, NoImportsHere\n"
+        "with MountNamespace(int(sys.argv[1])):\n"
+        "    try:\n"
+        "        import nvc.doctor_gvisor\n"
+        "    except NoImportsHere:\n"
+        "        print('refused', 'nvc.doctor_gvisor' in finder._index)\n"
+    )
+    res = _run_in_held_namespace(lambda pid: [sys.executable, "-I", "-S", "-c", code, str(pid)], lambda _pid: "",
+                                 {"PATH": os.environ["PATH"]}, tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["refused", "True"]

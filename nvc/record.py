@@ -73,7 +73,7 @@ def field(*, default: Any = MISSING, default_factory: Callable[[], Any] | Any = 
 
 
 def _is_classvar(annotation: object) -> bool:
-    text = annotation if annotation.__class__ is str else repr(annotation)
+    text = annotation if isinstance(annotation, str) else repr(annotation)
     # the substring test first: every record class is decorated at import, on each container start
     return "ClassVar" in text and text.strip().startswith(("ClassVar", "typing.ClassVar"))
 

@@ -74,11 +74,10 @@ class _BundleLoader(_bootstrap_external.SourceFileLoader):
 class BundleFinder:
     """The meta-path finder serving the package's modules from an open bundle."""
 
-    def __init__(self, fd: int, package: str, package_dir: str, index: dict[str, tuple]) -> None:
+    def __init__(self, fd: int, package_dir: str, index: dict[str, tuple]) -> None:
         self._fd = fd
         self._package_dir = package_dir + "/"
         self._index = index
-        self.package = package
         self._cache_tag = sys.implementation.cache_tag
         self.served: list[str] = []  # modules loaded from the bundle, in order (tests and benchmarks read it)
 
@@ -165,7 +164,7 @@ def install(package_dir: str | None = None) -> BundleFinder | None:
     if index is None:
         posix.close(fd)
         return None
-    finder = BundleFinder(fd, _PACKAGE, package_dir, index)
+    finder = BundleFinder(fd, package_dir, index)
     sys.meta_path.insert(0, finder)
     return finder
 

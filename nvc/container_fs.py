@@ -16,7 +16,7 @@ check and the mount. Both happened in the field (CVE-2024-0134; CVE-2024-0132 / 
   be swapped between resolve and mount, and a read-only bind is read-only before it is ever visible. Kernels
   without the new API get ``mount(src, "/proc/self/fd/N", MS_BIND)``, which also targets the fd's own dentry.
 * :class:`Undo` records every mount and every file it was told we created and, on failure, detaches and removes
-  exactly those, in reverse order, checking the inode before removing anything.
+  exactly those, in reverse order, checking the inode (a symlink's value) before removing anything.
 """
 
 from __future__ import annotations
@@ -356,30 +356,33 @@ class RootFs:
         parents, name = _leaf(inner_path)
         parent = self.make_dirs("/".join(parents), undo=undo)
         try:
+            return self.symlink_at(parent, name, target, inner_path, undo=undo)
+        finally:
+            os.close(parent)
+
+    def symlink_at(self, dir_fd: int, name: str, target: str, inner_path: str, *, undo: Undo | None = None) -> bool:
+        """:meth:`create_symlink` in a directory already resolved in the rootfs (``dir_fd``, e.g. from
+        :meth:`make_dirs`): many links in one directory cost one resolution, not one each. ``inner_path`` (the
+        link's in-rootfs path) is for messages. ``name`` must be one plain component."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ContainerFsError(errno.EINVAL, "path does not name a file", self.host_path(inner_path))
+        try:
             try:
-                os.symlink(target, name, dir_fd=parent)
+                os.symlink(target, name, dir_fd=dir_fd)
             except FileExistsError:
-                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=parent) == target:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == target:
                     return False
                 raise ContainerFsError(
                     errno.EEXIST, f"file exists and is {_kind(st.st_mode)}", self.host_path(inner_path)
                 ) from None
             if undo is not None:
-                link = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-                try:
-                    # Pin the link we made (not one swapped in since) so undo removes only ours.
-                    if stat.S_ISLNK(os.fstat(link).st_mode) and os.readlink("", dir_fd=link) == target:
-                        undo.add_created(parent, name, link, self.host_path(inner_path))
-                finally:
-                    os.close(link)
+                undo.add_symlink(dir_fd, name, target, self.host_path(inner_path))
             return True
         except ContainerFsError:
             raise
         except OSError as exc:
             raise self._error(exc, inner_path) from exc
-        finally:
-            os.close(parent)
 
     def remove(self, inner_path: str) -> None:
         """Remove one file, symlink or empty directory (never recursively; a final symlink itself, not its target).
@@ -798,18 +801,39 @@ class _Created:
         os.close(self.object_fd)
 
 
+class _CreatedLink:
+    """A symlink we made: undone only while the entry still is a symlink holding the value we wrote.
+
+    A symlink cannot be pinned like a file (an ``O_PATH`` fd of it costs an open, an fstat and a readlink per link,
+    and a plan makes dozens): its value is the check instead. Whoever replaced it with another link or a file since
+    keeps theirs.
+    """
+
+    __slots__ = ("display", "name", "parent_fd", "value")
+
+    def __init__(self, parent_fd: int, name: str, value: str, display: str) -> None:
+        self.parent_fd = parent_fd
+        self.name = name
+        self.value = value
+        self.display = display
+
+    def close(self) -> None:
+        os.close(self.parent_fd)
+
+
 class Undo:
     """Everything made so far (mounts, created files/dirs/symlinks), undone in reverse order on failure.
 
     Use as a context manager: an exception inside rolls back and re-raises; a normal exit commits (keeps the
     work and closes the fds held for undoing). Removal is by (parent fd, name) and only if the inode there is
     still the one we created — never by a path string and never anything we did not create. Each record holds
-    two fds (the parent and the object, pinned so its inode number cannot be recycled for an impostor) and each
-    mount one: a plan of N files keeps about 3N fds open until commit.
+    two fds (the parent and the object, pinned so its inode number cannot be recycled for an impostor), each
+    symlink one (the parent: a link is checked by its value) and each mount one: a plan of N files keeps about 3N
+    fds open until commit.
     """
 
     def __init__(self) -> None:
-        self._steps: list[Mount | _Created] = []
+        self._steps: list[Mount | _Created | _CreatedLink] = []
         self.errors: list[OSError] = []  # what rollback() could not undo
 
     def add_mount(self, mnt: Mount) -> None:
@@ -828,6 +852,11 @@ class Undo:
             raise
         self._steps.append(_Created(parent, name, obj, display))
 
+    def add_symlink(self, parent_fd: int, name: str, value: str, display: str) -> None:
+        """Record the symlink ``name`` -> ``value`` that we created in ``parent_fd`` (duplicated: the caller keeps
+        its own). Rollback removes it only if it still reads ``value``."""
+        self._steps.append(_CreatedLink(os.dup(parent_fd), name, value, display))
+
     def __len__(self) -> int:
         return len(self._steps)
 
@@ -843,6 +872,8 @@ class Undo:
             try:
                 if isinstance(step, Mount):
                     step.detach()
+                elif isinstance(step, _CreatedLink):
+                    _remove_link(step)
                 else:
                     _remove_created(step)
             except OSError as exc:
@@ -877,6 +908,24 @@ def _remove_created(step: _Created) -> None:
             os.rmdir(step.name, dir_fd=step.parent_fd)
         else:
             os.unlink(step.name, dir_fd=step.parent_fd)
+    except OSError as exc:
+        raise OSError(exc.errno, os.strerror(exc.errno or errno.EIO), step.display) from exc
+    finally:
+        step.close()
+
+
+def _remove_link(step: _CreatedLink) -> None:
+    try:
+        try:
+            if os.readlink(step.name, dir_fd=step.parent_fd) != step.value:
+                return  # replaced by another link: not ours any more
+        except FileNotFoundError:
+            return  # already gone
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return  # not a symlink now: leave it
+            raise
+        os.unlink(step.name, dir_fd=step.parent_fd)
     except OSError as exc:
         raise OSError(exc.errno, os.strerror(exc.errno or errno.EIO), step.display) from exc
     finally:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 import stat
 
-from nvc.debuglog import DebugLog
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from nvc.debuglog import DebugLog  # annotations only: the CDI hook merges caches without a debug log
 
 CACHE = "/etc/ld.so.cache"
 _MAX_CACHE = 64 << 20

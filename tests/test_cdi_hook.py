@@ -98,6 +98,36 @@ def test_configure_container_links_and_cache(tmp_path, spec, tools):
     safe_rmtree(bundle)
 
 
+def test_a_restart_rewrites_nothing(tmp_path, spec, tools):
+    """A restarted container already has the links and the merged cache: the second run changes no file (the
+    cache keeps its inode, so no rename happened), and it still succeeds."""
+    bundle, rootfs = image(tmp_path, spec)
+    assert run_hook(tools, bundle, hook_args(spec)).returncode == 0
+    cache = rootfs / "etc/ld.so.cache"
+    before = cache.stat()
+    links = {p.name: os.readlink(p) for p in (rootfs / "usr/lib64").iterdir() if p.is_symlink()}
+    res = run_hook(tools, bundle, hook_args(spec))
+    assert res.returncode == 0, res.stderr
+    after = cache.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert {p.name: os.readlink(p) for p in (rootfs / "usr/lib64").iterdir() if p.is_symlink()} == links
+    safe_rmtree(bundle)
+
+
+def test_stale_links_are_replaced_and_the_images_files_kept(tmp_path, spec, tools):
+    """ldconfig's rule where a link's name exists: a link to something else is replaced, a file is left alone."""
+    bundle, rootfs = image(tmp_path, spec)
+    lib64 = rootfs / "usr/lib64"
+    (lib64 / "libcuda.so.1").symlink_to("libcuda.so.470.01")  # stale: an older driver's
+    (lib64 / "libnvidia-ml.so.1").write_bytes(b"the image's own\n")
+    res = run_hook(tools, bundle, hook_args(spec))
+    assert res.returncode == 0, res.stderr
+    assert os.readlink(lib64 / "libcuda.so.1") == "libcuda.so.535.309.01"
+    assert (lib64 / "libnvidia-ml.so.1").read_bytes() == b"the image's own\n"
+    assert os.readlink(lib64 / "libcuda.so") == "libcuda.so.1"
+    safe_rmtree(bundle)
+
+
 def test_image_without_ldconfig_still_gets_the_cache(tmp_path, spec, tools):
     """No ldconfig is exec'd, so an image without one (distroless-style) gets a correct cache all the same."""
     bundle, rootfs = image(tmp_path, spec)

@@ -137,7 +137,8 @@ def test_not_a_gpu_container_imports_almost_nothing(tmp_path, tools):
 @pytest.mark.root
 def test_cdi_hook_imports_nothing_heavy(tmp_path, host, tools):
     """Our CDI createContainer hook (issue 10) runs on every start of a CDI GPU container: links, compat check and
-    the merged ld.so.cache, and none of the heavy modules — nor the planner, inventory or NVML code."""
+    the merged ld.so.cache, and none of the heavy modules — nor the planner, inventory or NVML code, nor the FFI
+    (it resolves the root in user space: no openat2) or the debug log."""
     from nvc.cdi.generate import hook_args
     from nvc.listing import ListRequest, _plan_for_listing
 
@@ -150,7 +151,7 @@ def test_cdi_hook_imports_nothing_heavy(tmp_path, host, tools):
     code = (f"import sys; sys.path[:0] = {_launcher_path()!r}; sys.argv[0] = 'nvidia-cdi-hook'\n"
             "import atexit\n"
             "atexit.register(lambda: sys.stderr.write('NVC-MODULES:' + ','.join(sorted(m for m in sys.modules "
-            "if m.startswith('nvc'))) + '\\n'))\n"
+            "if m.startswith(('nvc', '_cffi')))) + '\\n'))\n"
             f"{REPORT}from nvc.cdi.hook import main; sys.exit(main({args!r}))")  # fmt: skip
     res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60,
                          input=json.dumps({"pid": os.getpid(), "bundle": str(bundle)}), check=False,
@@ -160,6 +161,7 @@ def test_cdi_hook_imports_nothing_heavy(tmp_path, host, tools):
     nvc_line = next(line for line in res.stderr.splitlines() if line.startswith("NVC-MODULES:"))
     loaded = set(nvc_line.split(":", 1)[1].split(","))
     assert not loaded & {"nvc.plan", "nvc.inventory", "nvc.nvml", "nvc.discovery", "nvc.listing", "nvc.cli",
-                         "nvc.cdi.generate", "nvc.cdi.spec", "nvc.elf"}, loaded  # fmt: skip
+                         "nvc.cdi.generate", "nvc.cdi.spec", "nvc.elf", "nvc.debuglog", "nvc.sys._nvc_cffi",
+                         "_cffi_backend"}, loaded  # fmt: skip
     assert os.readlink(bundle / "rootfs/usr/lib64/libcuda.so") == "libcuda.so.1"
     assert (bundle / "rootfs/etc/ld.so.cache").exists()  # the cache writer did run

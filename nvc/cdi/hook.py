@@ -13,13 +13,15 @@ the container's root is left to hooks. NVIDIA's spec runs four ``nvidia-cdi-hook
 2. computes the container's ld.so.cache: the image's cache with the injected libraries merged as glibc's ldconfig
    would write it (:mod:`nvc.ldcache_update`; the SONAMEs were read once, by ``cdi generate``) — no ldconfig
    exec, and so also right for an image that has no ldconfig of its own;
-3. creates the plan's links (``libcuda.so -> libcuda.so.1``...) and the SONAME links ldconfig would make, then
-   writes the cache atomically (temp file + rename in the image's ``/etc``).
+3. creates the plan's links (``libcuda.so -> libcuda.so.1``...) and the SONAME links ldconfig would make, each
+   directory resolved once for all its links, then writes the cache atomically (temp file + rename in the image's
+   ``/etc``) -- unless the image's cache already is that one (a restarted container: nothing is rewritten).
 
-Every path is resolved inside the container root (:mod:`nvc.container_fs`: ``openat2(RESOLVE_IN_ROOT)``), so an
-image whose ``/etc`` or ``/usr/lib64`` is a symlink to a host path gets the file inside its own root, never on the
-host. All or nothing: any failure (a read-only root, a file where a link should go) removes the links made so far
-and leaves the old cache; the container start fails with one line ``nvidia-cdi-hook: <stage> error: <message>``.
+Every path is resolved inside the container root (:mod:`nvc.container_fs`'s user-space walk, the semantics of
+``openat2(RESOLVE_IN_ROOT)``: see :func:`_open_root`), so an image whose ``/etc`` or ``/usr/lib64`` is a symlink to
+a host path gets the file inside its own root, never on the host. All or nothing: any failure (a read-only root,
+a directory where a link should go) removes the links made so far and leaves the old cache; the container start
+fails with one line ``nvidia-cdi-hook: <stage> error: <message>``.
 
 NVIDIA's subcommands are accepted too, so a spec written by ``nvidia-ctk cdi generate`` can name this hook:
 ``create-symlinks --link A::B``, ``update-ldcache --folder DIR`` (scans DIR in the container for libraries),
@@ -28,7 +30,7 @@ directory, which a later ``update-ldcache`` reads — NVIDIA's mechanism). ``--c
 OCI spec from FILE instead of the bundle; ``--ldconfig-path`` is accepted and unused (nothing is exec'd).
 
 A per-container hot path: module-level imports are the lean ones the legacy hook uses (no json, re, typing,
-click, pyelftools; ``tests/test_hotpath_imports.py`` holds it to that), and the program exits without the
+click, pyelftools, no FFI; ``tests/test_hotpath_imports.py`` holds it to that), and the program exits without the
 interpreter's teardown.
 """
 
@@ -240,60 +242,82 @@ def _os_message(exc: OSError) -> str:
     return f"{where}{(exc.strerror or str(exc)).lower()}"
 
 
-def _new_cache(root, rootfs: str, additions, first_dirs) -> bytes:
+def _new_cache(root, additions, first_dirs) -> bytes | None:
+    """The merged cache to write; None when the image's cache already is exactly that (a restarted container)."""
     from nvc.ldcache_update import _read_container_cache, merge_container_cache
 
     try:
         existing = _read_container_cache(root)
     except OSError as exc:
         raise NvcError("ldcache", f"cannot read the container's ld.so.cache: {_os_message(exc)}") from None
-    merged = merge_container_cache(existing, rootfs, additions, first_dirs)
+    merged = merge_container_cache(existing, root.path, additions, first_dirs)
     if merged is None:  # not a cache we can read: a fresh one (ld.so still searches its default dirs after it)
-        merged = merge_container_cache(None, rootfs, additions, first_dirs)
-    return merged
+        merged = merge_container_cache(None, root.path, additions, first_dirs)
+    return None if merged == existing else merged
 
 
-def apply(rootfs: str, *, links: list[tuple[str, str]], additions: list, first_dirs: list[str],
-          write_cache: bool, compat_conf: str | None = None) -> None:
-    """Make ``links`` and the SONAME links of ``additions``, then write the merged cache; all or nothing."""
-    from nvc.container_fs import Undo, open_root
-    from nvc.debuglog import NULL_LOG
-    from nvc.ldcache_update import _link
+def _links_by_directory(links: list[tuple[str, str]]) -> dict[str, list[tuple[str, str, str]]]:
+    """``{parent directory: [(name, value, link path)]}``, the last value given for a link winning: each
+    directory is resolved once for all its links (a driver puts dozens in one)."""
+    grouped: dict[str, list[tuple[str, str, str]]] = {}
+    for link, target in dict(links).items():
+        parts = [c for c in link.split("/") if c not in ("", ".")]
+        name = parts.pop() if parts else ""
+        grouped.setdefault("/" + "/".join(parts), []).append((name, target, link))
+    return grouped
 
-    try:
-        root = open_root(rootfs)
-    except OSError as exc:
-        raise NvcError("container", f"cannot open the container root: {_os_message(exc)}") from None
-    with root:
-        payload = None
-        if write_cache:
-            from nvc.ldcache.writer import soname_links
 
-            payload = _new_cache(root, rootfs, additions, first_dirs)
-            links = [*links, *((link, target) for link, target in soname_links(additions))]
-        undo = Undo()
+def _make_links(root, links: list[tuple[str, str]], undo) -> None:
+    """Create every link (ldconfig's rule where the name exists: a stale link is replaced, a file left alone)."""
+    for directory, entries in _links_by_directory(links).items():
         try:
-            for link, target in dict(links).items():
+            dir_fd = root.make_dirs(directory, undo=undo)
+        except OSError as exc:
+            raise NvcError("mount", f"symlink creation failed: {_os_message(exc)}") from None
+        try:
+            for name, target, link in entries:
                 try:
-                    try:  # a fresh container has none of them: one resolution per link
-                        root.create_symlink(link, target, undo=undo)
+                    try:  # a fresh container has none of them: one symlinkat per link
+                        root.symlink_at(dir_fd, name, target, link, undo=undo)
                     except OSError as exc:
                         if exc.errno != errno.EEXIST:
                             raise
-                        _link(root, link, target, undo, NULL_LOG)  # ldconfig's rule: replace a stale link
+                        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                            os.unlink(name, dir_fd=dir_fd)  # a link to something else: stale
+                            root.symlink_at(dir_fd, name, target, link, undo=undo)
                 except OSError as exc:
+                    exc.filename = root.host_path(link)  # os.*'s own is the bare name in the directory
                     raise NvcError("mount", f"symlink creation failed: {_os_message(exc)}") from None
-            try:
-                if compat_conf is not None:
-                    _write_in_root(root, COMPAT_CONF, compat_conf.encode(), undo)
-                if payload is not None:
-                    _write_in_root(root, "/etc/ld.so.cache", payload, undo)
-            except OSError as exc:
-                raise NvcError("ldcache", f"cache update failed: {_os_message(exc)}") from None
-        except BaseException:
-            undo.rollback()
-            raise
-        undo.commit()
+        finally:
+            os.close(dir_fd)
+
+
+def apply(root, *, links: list[tuple[str, str]], additions: list, first_dirs: list[str], write_cache: bool,
+          compat_conf: str | None = None) -> None:
+    """Make ``links`` and the SONAME links of ``additions``, then write the merged cache (unless the image's is
+    that already); all or nothing."""
+    from nvc.container_fs import Undo
+
+    payload = None
+    if write_cache:
+        from nvc.ldcache.writer import soname_links
+
+        payload = _new_cache(root, additions, first_dirs)
+        links = [*links, *((link, target) for link, target in soname_links(additions))]
+    undo = Undo()
+    try:
+        _make_links(root, links, undo)
+        try:
+            if compat_conf is not None:
+                _write_in_root(root, COMPAT_CONF, compat_conf.encode(), undo)
+            if payload is not None:
+                _write_in_root(root, "/etc/ld.so.cache", payload, undo)
+        except OSError as exc:
+            raise NvcError("ldcache", f"cache update failed: {_os_message(exc)}") from None
+    except BaseException:
+        undo.rollback()
+        raise
+    undo.commit()
 
 
 def _write_in_root(root, inner: str, data: bytes, undo) -> None:
@@ -311,29 +335,35 @@ def _write_in_root(root, inner: str, data: bytes, undo) -> None:
         os.close(dir_fd)
 
 
+def _open_root(rootfs: str):
+    """The container root, resolved in user space (:mod:`nvc.container_fs`'s walk: one ``O_NOFOLLOW`` component at a
+    time, symlinks re-rooted, ``..`` clamped) rather than by ``openat2``: the same answers for this hook's few paths
+    without loading the FFI for one system call. What openat2 adds -- the kernel's check against a rename racing
+    the walk -- guards against a process running in the root, and at ``createContainer`` none does yet: the
+    runtime's own init waits for the hooks before it execs anything of the image."""
+    from nvc.container_fs import open_root
+
+    try:
+        return open_root(rootfs, use_openat2=False)
+    except OSError as exc:
+        raise NvcError("container", f"cannot open the container root: {_os_message(exc)}") from None
+
+
 def run(argv: list[str]) -> int:
     command, flags = parse_args(argv)
     links = _link_pairs(flags.get("link", []))
     folders = flags.get("folder", [])
     major = _driver_major(flags.get("host-driver-version", [None])[-1])
     additions = _libraries(flags.get("library", []))
-    rootfs = _rootfs(flags)
-    if command == "create-symlinks":
-        apply(rootfs, links=links, additions=[], first_dirs=[], write_cache=False)
-        return 0
-    if command == "enable-cuda-compat":
-        from nvc.container_fs import open_root
-
-        with open_root(rootfs) as root:
-            directory, _ = cuda_compat(root, major)
-        if directory is not None:
-            apply(rootfs, links=[], additions=[], first_dirs=[], write_cache=False,
-                  compat_conf=f"{directory}\n")
-        return 0
-    from nvc.container_fs import open_root
-
-    with open_root(rootfs) as root:
+    with _open_root(_rootfs(flags)) as root:  # one root for the whole run
+        if command == "create-symlinks":
+            apply(root, links=links, additions=[], first_dirs=[], write_cache=False)
+            return 0
         compat_dir, compat_libs = cuda_compat(root, major)
+        if command == "enable-cuda-compat":
+            if compat_dir is not None:
+                apply(root, links=[], additions=[], first_dirs=[], write_cache=False, compat_conf=f"{compat_dir}\n")
+            return 0
         if command == "update-ldcache":
             conf_dirs = _compat_conf_dirs(root)  # left by our enable-cuda-compat earlier in the same start
             folders = [*conf_dirs, *(f for f in folders if f not in conf_dirs)]
@@ -342,9 +372,9 @@ def run(argv: list[str]) -> int:
                 scanned = _scan_folder(root, folder, known)
                 known.update(a.path for a in scanned)
                 additions += scanned
-    first = ([compat_dir] if compat_dir else []) + [f for f in folders if f != compat_dir]
-    additions = [*compat_libs, *additions]
-    apply(rootfs, links=links, additions=additions, first_dirs=first, write_cache=bool(additions))
+        first = ([compat_dir] if compat_dir else []) + [f for f in folders if f != compat_dir]
+        additions = [*compat_libs, *additions]
+        apply(root, links=links, additions=additions, first_dirs=first, write_cache=bool(additions))
     return 0
 
 

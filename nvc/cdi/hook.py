@@ -20,7 +20,7 @@ the container's root is left to hooks. NVIDIA's spec runs four ``nvidia-cdi-hook
 Every path is resolved inside the container root (:mod:`nvc.container_fs`'s user-space walk, the semantics of
 ``openat2(RESOLVE_IN_ROOT)``: see :func:`_open_root`), so an image whose ``/etc`` or ``/usr/lib64`` is a symlink to
 a host path gets the file inside its own root, never on the host. All or nothing: any failure (a read-only root,
-a directory where a link should go) removes the links made so far and leaves the old cache; the container start
+a file where a link's directory should be) removes the links made so far and leaves the old cache; the start
 fails with one line ``nvidia-cdi-hook: <stage> error: <message>``.
 
 NVIDIA's subcommands are accepted too, so a spec written by ``nvidia-ctk cdi generate`` can name this hook:

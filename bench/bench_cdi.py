@@ -10,10 +10,17 @@ with 8 GPUs, medians of N interleaved rounds of ``runc run /bin/true`` on a fres
   - cdi-edits:   the spec's nodes, mounts and env in config.json, as a CDI runtime writes them, no hook;
   - cdi:         the same plus our one hook (``nvidia-cdi-hook configure-container``): what a CDI start costs;
   - cdi-4hooks:  the same edits with NVIDIA's hook layout (two ``create-symlinks``, ``enable-cuda-compat``,
-                 ``update-ldcache``), served by our drop-in subcommands: what four hook processes cost.
+                 ``update-ldcache``), served by our drop-in subcommands: what four hook processes cost;
+  - cdi-true:    the edits + ``/bin/true`` as the one hook: what runc pays for running any hook process;
+  - cdi-floor:   the edits + ``python -I -S`` reading the state: what any Python hook pays before it imports.
 
 The issue's target: what our CDI path adds (cdi - none) is at most half of what the legacy hook adds
-(legacy - none). ``cdi - cdi-edits`` is the hook alone; ``cdi-edits - none`` is runc making the mounts.
+(legacy - none). ``cdi - cdi-edits`` is the hook alone; ``cdi-edits - none`` is runc making the mounts;
+``cdi - cdi-floor`` is what our hook adds over a bare interpreter (imports and work).
+
+With --compare OLD_REPO, the variants that run our code (legacy, cdi, cdi-4hooks) run a second time with the tools
+of OLD_REPO (an older checkout: its hook, its generator), alternating with ours within every round, and the
+median of the paired differences (ours - old) is printed for each.
 
 Both paths give the container the same thing: the spec is generated with ``--driver-capabilities
 compute,utility``, what the legacy variant's container asks for (NVIDIA_DRIVER_CAPABILITIES).
@@ -22,7 +29,8 @@ The spec's edits are merged into config.json the way CDI runtimes merge them (mo
 into linux.devices with an allow rule each, env entries, hooks under createContainer): enough for runc here; the
 product's own applier is the runtime shim's CDI mode.
 
-Usage: python bench/bench_cdi.py [-n ROUNDS] [--gpus 1,8] [--warmup N] [--on-disk]
+Usage: python bench/bench_cdi.py [-n ROUNDS] [--gpus 1,8] [--warmup N] [--on-disk] [--compare OLD_REPO]
+                                 [--samples FILE]
 """
 
 from __future__ import annotations
@@ -50,15 +58,19 @@ KINDS = {
     "cdi-edits": "CDI edits applied, no hook",
     "cdi": "CDI edits + our one hook",
     "cdi-4hooks": "CDI edits + 4 hooks (NVIDIA's layout)",
+    "cdi-true": "CDI edits + floor: /bin/true as the hook",
     "cdi-floor": "CDI edits + floor: python -I -S reading the state",
 }
+OURS = ("legacy", "cdi", "cdi-4hooks")  # the variants that run our code: run for each checkout with --compare
 
 
-def generate_spec(env: dict[str, str], root: str) -> dict:
+def generate_spec(env: dict[str, str], root: str, repo: Path = REPO) -> dict:
+    """The spec ``repo``'s ``nvc cdi generate`` writes (``-m`` imports from the working directory first), naming the
+    hook installed in ``env``'s first PATH entry."""
     bindir = Path(env["PATH"].split(":")[0])
     res = subprocess.run([sys.executable, "-m", "nvc", "cdi", "generate", "--driver-root", root, "--format", "json",
                           "--hook-path", str(bindir / "nvidia-cdi-hook"), "--driver-capabilities", CAPABILITIES],
-                         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, check=False)
+                         env={**os.environ, **env}, cwd=repo, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"nvc cdi generate failed: {res.stderr}")
     return json.loads(res.stdout)
@@ -102,7 +114,8 @@ def apply_cdi(config: dict, spec: dict, device: str, hooks: str) -> None:
         if hooks != "none":
             for hook in edit.get("hooks", ()):
                 floor = {"path": sys.executable, "args": ["python", "-I", "-S", "-c", "import sys; sys.stdin.read()"]}
-                entries = {"one": [hook], "floor": [floor], "nvidia": nvidia_layout_hooks(hook)}[hooks]
+                true = {"path": shutil.which("true") or "/bin/true", "args": ["true"]}
+                entries = {"one": [hook], "floor": [floor], "true": [true], "nvidia": nvidia_layout_hooks(hook)}[hooks]
                 config.setdefault("hooks", {}).setdefault("createContainer", []).extend(
                     {"path": e["path"], "args": e["args"]} for e in entries)
 
@@ -118,7 +131,7 @@ def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, kind: str, spe
     if kind.startswith("cdi"):
         config = json.loads((bundle / "config.json").read_text())
         apply_cdi(config, spec, device, {"cdi-edits": "none", "cdi": "one", "cdi-4hooks": "nvidia",
-                                        "cdi-floor": "floor"}[kind])
+                                        "cdi-true": "true", "cdi-floor": "floor"}[kind])
         (bundle / "config.json").write_text(json.dumps(config))
     state_dir = tempfile.mkdtemp(prefix="nvc-bench-runc-")
     cid = unique_id("bench")
@@ -144,6 +157,8 @@ def main() -> int:
     parser.add_argument("--gpus", default="1,8", help="comma-separated GPU counts to run")
     parser.add_argument("--warmup", type=int, default=3, help="rounds run first and not counted")
     parser.add_argument("--on-disk", action="store_true", help="keep bundles on /tmp's disk instead of a tmpfs")
+    parser.add_argument("--compare", type=Path, help="an older checkout whose hooks alternate with ours")
+    parser.add_argument("--samples", type=Path, help="also write every sample (ms, in run order) to this JSON file")
     args = parser.parse_args()
     from fixtures.gpu_host import make_gpu_host
     from fixtures.rootfs import busybox_rootfs, safe_rmtree
@@ -159,36 +174,36 @@ def main() -> int:
     print(f"median of {args.rounds} interleaved rounds after {args.warmup} warm-up rounds, bundles "
           f"{'on disk' if args.on_disk else 'on tmpfs'}, {os.cpu_count()} cpus, Python {sys.version.split()[0]}")
     counts = list(dict.fromkeys(int(c) for c in args.gpus.split(",")))
+    versions = {"new": REPO, **({"old": args.compare.resolve()} if args.compare else {})}
+    variants = [(kind, version) for kind in KINDS for version in (versions if kind in OURS else ("new",))]
     try:
         setups = {}
         for count in counts:
             host = make_gpu_host(hosts / f"host{count}", gpus=gpus(count), migs=())
-            env = install_tools(hosts / f"bin{count}", host)
-            env["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
-            spec = generate_spec(env, str(host.root))
-            setups[count] = (env, spec, "0" if count == 1 else "all")
-        samples = {count: {kind: [] for kind in KINDS} for count in counts}
+            for version, repo in versions.items():
+                bindir = hosts / f"bin{count}-{version}"
+                env = install_tools(bindir, host)
+                env["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
+                if repo != REPO:  # the same wrappers, importing the older checkout's nvc
+                    for wrapper in bindir.iterdir():
+                        if wrapper.name != "config.toml":
+                            wrapper.write_text(wrapper.read_text().replace(repr(str(REPO)), repr(str(repo))))
+                spec = generate_spec(env, str(host.root), repo)
+                setups[count, version] = (env, spec, "0" if count == 1 else "all")
+        samples = {(count, variant): [] for count in counts for variant in variants}
         for round_no in range(args.warmup + args.rounds):
-            for count, (env, spec, device) in setups.items():
-                kinds = list(KINDS)
-                if round_no % 2:  # alternate the order too, so drift within a round hits every variant alike
-                    kinds.reverse()
-                for kind in kinds:
+            for count in counts:
+                order = variants[::-1] if round_no % 2 else variants  # drift within a round hits every variant alike
+                for kind, version in order:
+                    env, spec, device = setups[count, version]
                     elapsed = runc_once(work, env, base, kind, spec, device)
                     if round_no >= args.warmup:
-                        samples[count][kind].append(elapsed)
+                        samples[count, (kind, version)].append(elapsed)
         for count in counts:
-            print(f"{count} GPU(s), CDI device {setups[count][2]!r}:")
-            floor = statistics.median(samples[count]["none"])
-            medians = {kind: statistics.median(samples[count][kind]) for kind in KINDS}
-            for kind, label in KINDS.items():
-                added = "" if kind == "none" else f"  added {medians[kind] - floor:5.1f} ms"
-                print(f"  runc run /bin/true: {medians[kind]:6.1f} ms  {label:40s}{added}")
-            legacy = medians["legacy"] - floor
-            print(f"  CDI path / legacy hook (added time): {(medians['cdi'] - floor) / legacy:.2f} "
-                  f"(target <= 0.50); our hook alone: {medians['cdi'] - medians['cdi-edits']:.1f} ms, "
-                  f"4 hooks: {medians['cdi-4hooks'] - medians['cdi-edits']:.1f} ms, "
-                  f"a bare Python hook: {medians['cdi-floor'] - medians['cdi-edits']:.1f} ms")
+            report(count, setups[count, "new"][2], versions, {v: samples[count, v] for v in variants})
+        if args.samples:
+            args.samples.write_text(json.dumps({f"{count} {kind} {version}": values
+                                                for (count, (kind, version)), values in samples.items()}, indent=1))
     finally:
         safe_rmtree(hosts)
         if args.on_disk:
@@ -197,6 +212,35 @@ def main() -> int:
             subprocess.run(["umount", "-l", str(work)], check=False)
             work.rmdir()
     return 0
+
+
+def report(count: int, device: str, versions: dict[str, Path], samples: dict[tuple[str, str], list[float]]) -> None:
+    """Medians, the added time of each variant over the no-hook start, the target ratio; paired differences."""
+    medians = {variant: statistics.median(values) for variant, values in samples.items()}
+    floor = medians["none", "new"]
+    print(f"{count} GPU(s), CDI device {device!r}:")
+    for (kind, version), median in medians.items():
+        label = KINDS[kind] + (f" ({version}: {versions[version]})" if len(versions) > 1 and kind in OURS else "")
+        added = "" if kind == "none" else f"  added {median - floor:5.1f} ms"
+        print(f"  runc run /bin/true: {median:6.1f} ms  {label:40s}{added}")
+
+    def added(kind: str, over: str = "none", version: str = "new") -> float:
+        return medians[kind, version if kind in OURS else "new"] - medians[over, "new"]
+
+    for version in versions:
+        which = f" ({version})" if len(versions) > 1 else ""
+        ratio = added("cdi", version=version) / added("legacy", version=version)
+        print(f"  CDI path / legacy hook (added time){which}: {ratio:.2f} (target <= 0.50); our hook alone: "
+              f"{added('cdi', 'cdi-edits', version):.1f} ms, over /bin/true as the hook: "
+              f"{added('cdi', 'cdi-true', version):.1f} ms, over a bare Python hook: "
+              f"{added('cdi', 'cdi-floor', version):.1f} ms; 4 hooks: "
+              f"{added('cdi-4hooks', 'cdi-edits', version):.1f} ms")
+    print(f"  floors: runc running /bin/true as the hook {added('cdi-true', 'cdi-edits'):.1f} ms, a bare Python "
+          f"hook {added('cdi-floor', 'cdi-edits'):.1f} ms; runc making the spec's mounts {added('cdi-edits'):.1f} ms")
+    if len(versions) > 1:
+        for kind in OURS:
+            diffs = [a - b for a, b in zip(samples[kind, "new"], samples[kind, "old"], strict=True)]
+            print(f"  new - old, median of paired differences, {KINDS[kind]:40s} {statistics.median(diffs):+6.2f} ms")
 
 
 if __name__ == "__main__":

@@ -270,3 +270,22 @@ def test_bad_input_is_one_line(tools, tmp_path, args, stdin, message):
     assert res.returncode == 1
     assert res.stderr.startswith(message)
     assert "Traceback" not in res.stderr
+
+
+def test_enable_cuda_compat_names_the_directory_without_reading_its_libraries(tmp_path, monkeypatch):
+    """NVIDIA's layout: enable-cuda-compat only writes the conf file naming the directory; the libraries in it are
+    read by the update-ldcache that follows, not twice."""
+    from nvc.cdi import hook
+
+    rootfs = tmp_path / "bundle/rootfs"
+    (rootfs / "usr/local/cuda/compat").mkdir(parents=True)
+    (rootfs / "usr/local/cuda/compat/libcuda.so.545.23.06").write_bytes(b"\x7fELF")
+    (tmp_path / "bundle/config.json").write_text(json.dumps({"ociVersion": "1.0.2", "root": {"path": "rootfs"}}))
+
+    def no_scan(*args):
+        raise AssertionError("enable-cuda-compat read the compat libraries")
+
+    monkeypatch.setattr(hook, "_scan_folder", no_scan)
+    assert hook.run(["enable-cuda-compat", "--host-driver-version", "535.309.01",
+                     "--container-spec", str(tmp_path / "bundle/config.json")]) == 0
+    assert (rootfs / "etc/ld.so.conf.d/00-compat-nvc.conf").read_text() == "/usr/local/cuda/compat\n"

@@ -203,20 +203,25 @@ def _scan_folder(root, folder: str, known: set[str]):
     return additions
 
 
-def cuda_compat(root, driver_major: int | None) -> tuple[str | None, list]:
-    """(the compat directory, its libraries) when the image ships a CUDA forward-compat driver newer than the host's
-    (``libcuda.so.X.Y`` with X > the host driver's major); (None, []) otherwise."""
+def compat_dir(root, driver_major: int | None) -> str | None:
+    """The image's CUDA forward-compat directory when it ships a driver newer than the host's (``libcuda.so.X.Y``
+    with X > the host driver's major); None otherwise."""
     if driver_major is None:
-        return None, []
-    newer = False
+        return None
     for name in _list_dir(root, CUDA_COMPAT_DIR):
         prefix, sep, version = name.partition("libcuda.so.")
         head = version.split(".", 1)[0]
         if sep and not prefix and head.isdigit() and int(head) > driver_major:
-            newer = True
-    if not newer:
+            return CUDA_COMPAT_DIR
+    return None
+
+
+def cuda_compat(root, driver_major: int | None) -> tuple[str | None, list]:
+    """(:func:`compat_dir`, its libraries as cache entries); (None, []) when the image has no newer compat driver."""
+    directory = compat_dir(root, driver_major)
+    if directory is None:
         return None, []
-    return CUDA_COMPAT_DIR, _scan_folder(root, CUDA_COMPAT_DIR, set())
+    return directory, _scan_folder(root, directory, set())
 
 
 def _compat_conf_dirs(root) -> list[str]:
@@ -359,11 +364,12 @@ def run(argv: list[str]) -> int:
         if command == "create-symlinks":
             apply(root, links=links, additions=[], first_dirs=[], write_cache=False)
             return 0
-        compat_dir, compat_libs = cuda_compat(root, major)
-        if command == "enable-cuda-compat":
-            if compat_dir is not None:
-                apply(root, links=[], additions=[], first_dirs=[], write_cache=False, compat_conf=f"{compat_dir}\n")
+        if command == "enable-cuda-compat":  # the directory only: its libraries are update-ldcache's to scan
+            directory = compat_dir(root, major)
+            if directory is not None:
+                apply(root, links=[], additions=[], first_dirs=[], write_cache=False, compat_conf=f"{directory}\n")
             return 0
+        compat, compat_libs = cuda_compat(root, major)
         if command == "update-ldcache":
             conf_dirs = _compat_conf_dirs(root)  # left by our enable-cuda-compat earlier in the same start
             folders = [*conf_dirs, *(f for f in folders if f not in conf_dirs)]
@@ -372,7 +378,7 @@ def run(argv: list[str]) -> int:
                 scanned = _scan_folder(root, folder, known)
                 known.update(a.path for a in scanned)
                 additions += scanned
-        first = ([compat_dir] if compat_dir else []) + [f for f in folders if f != compat_dir]
+        first = ([compat] if compat else []) + [f for f in folders if f != compat]
         additions = [*compat_libs, *additions]
         apply(root, links=links, additions=additions, first_dirs=first, write_cache=bool(additions))
     return 0

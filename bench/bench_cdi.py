@@ -3,7 +3,10 @@
 against the legacy path (our in-process prestart hook), in the same run. Needs root. A report, not a test.
 
 On the fake GPU host of bench_hook.py (Debian 535 driver files, stub NVML, warm answer caches), with 1 GPU and
-with 8 GPUs, medians of N interleaved rounds of ``runc run /bin/true`` on a fresh busybox bundle:
+with 8 GPUs, medians of N rounds (the variants in a new, seeded order each round) of ``runc run /bin/true`` on a
+fresh busybox bundle, in wall time and in CPU time (user + system of runc and everything it ran: on a machine
+shared with other work the wall times are bimodal, waits for a CPU included; the CPU times are the steadier
+comparison):
 
   - none:        no hook, no edits (the floor every variant is measured against);
   - legacy:      our in-process prestart hook (``nvidia-container-runtime-hook``: NVML cache, plan, mounts, cache);
@@ -30,7 +33,7 @@ into linux.devices with an allow rule each, env entries, hooks under createConta
 product's own applier is the runtime shim's CDI mode.
 
 Usage: python bench/bench_cdi.py [-n ROUNDS] [--gpus 1,8] [--warmup N] [--on-disk] [--compare OLD_REPO]
-                                 [--samples FILE]
+                                 [--seed N] [--settle-ms MS] [--samples FILE]
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -61,6 +66,7 @@ KINDS = {
     "cdi-true": "CDI edits + floor: /bin/true as the hook",
     "cdi-floor": "CDI edits + floor: python -I -S reading the state",
 }
+METRICS = {"wall": "wall time", "cpu": "CPU time (user + system, runc and all it ran)"}
 OURS = ("legacy", "cdi", "cdi-4hooks")  # the variants that run our code: run for each checkout with --compare
 
 
@@ -120,7 +126,11 @@ def apply_cdi(config: dict, spec: dict, device: str, hooks: str) -> None:
                     {"path": e["path"], "args": e["args"]} for e in entries)
 
 
-def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, kind: str, spec: dict, device: str) -> float:
+def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, kind: str, spec: dict, device: str,
+              settle_s: float = 0.0) -> tuple[float, float]:
+    """(wall ms, CPU ms) of one ``runc run``: the CPU time (user + system of runc, its hooks and the container's
+    process, all reaped by the time it returns) is what the variant costs without the waits for a CPU that, on a
+    shared machine, make wall times bimodal."""
     from fixtures.rootfs import copy_rootfs, safe_rmtree
     from fixtures.runtimes import make_bundle, unique_id
 
@@ -136,15 +146,19 @@ def runc_once(work: Path, env: dict[str, str], base_rootfs: Path, kind: str, spe
     state_dir = tempfile.mkdtemp(prefix="nvc-bench-runc-")
     cid = unique_id("bench")
     try:
+        time.sleep(settle_s)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         res = subprocess.run(["runc", "--root", state_dir, "run", "--bundle", str(bundle), cid],
                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=False)
         elapsed = (time.perf_counter() - start) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
         if res.returncode != 0:
             raise SystemExit(f"runc ({kind}) failed: {res.stderr}")
         if kind in ("cdi", "cdi-4hooks") and not os.path.islink(bundle / "rootfs/usr/lib64/libcuda.so.1"):
             raise SystemExit(f"runc ({kind}): the hook did not run")
-        return elapsed
+        return elapsed, cpu
     finally:
         subprocess.run(["runc", "--root", state_dir, "delete", "-f", cid], capture_output=True, check=False)
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -158,6 +172,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="rounds run first and not counted")
     parser.add_argument("--on-disk", action="store_true", help="keep bundles on /tmp's disk instead of a tmpfs")
     parser.add_argument("--compare", type=Path, help="an older checkout whose hooks alternate with ours")
+    parser.add_argument("--seed", type=int, default=10, help="seed of the per-round order of the variants")
+    parser.add_argument("--settle-ms", type=float, default=0.0,
+                        help="pause before each timed run, so the previous container's teardown is not measured")
     parser.add_argument("--samples", type=Path, help="also write every sample (ms, in run order) to this JSON file")
     args = parser.parse_args()
     from fixtures.gpu_host import make_gpu_host
@@ -171,7 +188,8 @@ def main() -> int:
     os.environ.setdefault("NVC_CACHE_DIR", str(work / "nvml-cache"))
     (work / "nvml-cache").mkdir(mode=0o700)
     base = busybox_rootfs()
-    print(f"median of {args.rounds} interleaved rounds after {args.warmup} warm-up rounds, bundles "
+    print(f"median of {args.rounds} rounds (variants in a new order each) after {args.warmup} warm-up rounds, "
+          f"settle {args.settle_ms:g} ms, bundles "
           f"{'on disk' if args.on_disk else 'on tmpfs'}, {os.cpu_count()} cpus, Python {sys.version.split()[0]}")
     counts = list(dict.fromkeys(int(c) for c in args.gpus.split(",")))
     versions = {"new": REPO, **({"old": args.compare.resolve()} if args.compare else {})}
@@ -190,20 +208,26 @@ def main() -> int:
                             wrapper.write_text(wrapper.read_text().replace(repr(str(REPO)), repr(str(repo))))
                 spec = generate_spec(env, str(host.root), repo)
                 setups[count, version] = (env, spec, "0" if count == 1 else "all")
-        samples = {(count, variant): [] for count in counts for variant in variants}
+        samples = {(metric, count, variant): [] for metric in METRICS for count in counts for variant in variants}
+        shuffler = random.Random(args.seed)
         for round_no in range(args.warmup + args.rounds):
             for count in counts:
-                order = variants[::-1] if round_no % 2 else variants  # drift within a round hits every variant alike
+                # A new order every round (seeded: runs are repeatable): drift within a round, and the previous
+                # container's asynchronous teardown (mounts, cgroups) landing in the next run, hit every variant alike.
+                order = shuffler.sample(variants, len(variants))
                 for kind, version in order:
                     env, spec, device = setups[count, version]
-                    elapsed = runc_once(work, env, base, kind, spec, device)
+                    wall, cpu = runc_once(work, env, base, kind, spec, device, args.settle_ms / 1000)
                     if round_no >= args.warmup:
-                        samples[count, (kind, version)].append(elapsed)
+                        samples["wall", count, (kind, version)].append(wall)
+                        samples["cpu", count, (kind, version)].append(cpu)
         for count in counts:
-            report(count, setups[count, "new"][2], versions, {v: samples[count, v] for v in variants})
+            for metric in METRICS:
+                report(count, setups[count, "new"][2], versions, metric,
+                       {v: samples[metric, count, v] for v in variants})
         if args.samples:
-            args.samples.write_text(json.dumps({f"{count} {kind} {version}": values
-                                                for (count, (kind, version)), values in samples.items()}, indent=1))
+            args.samples.write_text(json.dumps({f"{metric} {count} {kind} {version}": values for
+                                                (metric, count, (kind, version)), values in samples.items()}, indent=1))
     finally:
         safe_rmtree(hosts)
         if args.on_disk:
@@ -214,11 +238,12 @@ def main() -> int:
     return 0
 
 
-def report(count: int, device: str, versions: dict[str, Path], samples: dict[tuple[str, str], list[float]]) -> None:
+def report(count: int, device: str, versions: dict[str, Path], metric: str,
+           samples: dict[tuple[str, str], list[float]]) -> None:
     """Medians, the added time of each variant over the no-hook start, the target ratio; paired differences."""
     medians = {variant: statistics.median(values) for variant, values in samples.items()}
     floor = medians["none", "new"]
-    print(f"{count} GPU(s), CDI device {device!r}:")
+    print(f"{count} GPU(s), CDI device {device!r}, {METRICS[metric]}:")
     for (kind, version), median in medians.items():
         label = KINDS[kind] + (f" ({version}: {versions[version]})" if len(versions) > 1 and kind in OURS else "")
         added = "" if kind == "none" else f"  added {median - floor:5.1f} ms"

@@ -56,7 +56,8 @@ def make_install(prefix: Path, repo: Path) -> Path:
             if not (site / entry.name).exists():
                 (site / entry.name).symlink_to(entry)
     (site / "nvc").symlink_to(repo / "nvc")
-    (prefix / "bin/nvc").write_text(f"#!{prefix}/bin/python\nimport sys\nfrom nvc.cli import main\nsys.exit(main())\n")
+    (prefix / "bin/nvc").write_text(f"#!{prefix}/bin/python\nimport sys\nfrom nvc.commands.cli import "
+        f"main\nsys.exit(main())\n")
     (prefix / "bin/nvc").chmod(0o755)
     for name in LAUNCHERS:
         shutil.copy2(repo / "scripts/launchers" / name, prefix / "bin" / name)
@@ -136,7 +137,7 @@ def main() -> int:
         gpu_rootfs = work / "gpu-rootfs"
         copy_rootfs(base, gpu_rootfs)
         state = json.dumps({"ociVersion": "1.0.2", "id": "x", "pid": os.getpid(), "bundle": str(plain)})
-        time.sleep(2.2)  # config.toml must settle before a memo may rely on its mtime (nvc/prefilter.py)
+        time.sleep(2.2)  # config.toml must settle before a memo may rely on its mtime (nvc/commands/prefilter.py)
 
         def fresh_gpu_bundle(path: Path) -> Path:
             if path.exists():

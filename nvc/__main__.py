@@ -2,6 +2,6 @@
 
 import sys
 
-from nvc.argv import main
+from nvc.request.argv import main
 
 sys.exit(main())

@@ -34,7 +34,7 @@ def fixture_set():
 def private_nvml_cache(tmp_path_factory):
     """Keep the NVML answer cache of the whole run (and every nvc process it starts) out of /run/nvc."""
     from fixtures.host_residue import files_naming
-    from nvc.nvml.cache import DEFAULT_CACHE_DIR
+    from nvc.host.nvml.cache import DEFAULT_CACHE_DIR
 
     path = tmp_path_factory.mktemp("nvml-cache")
     path.chmod(0o700)

@@ -1,4 +1,4 @@
-"""One grammar, two parsers: the click-free fast parser of nvc.argv and click (built from the same tables) must
+"""One grammar, two parsers: the click-free fast parser of nvc.request.argv and click (built from the same tables) must
 give the very same GlobalOptions + ConfigureRequest (or the same error) for every line the fast parser accepts,
 and leave every line it does not fully understand to click."""
 
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from nvc import argv as grammar
-from nvc import cli
+from nvc.commands import cli
+from nvc.request import argv as grammar
 
 RUNSC = ["--load-kmods", "configure", "--ldconfig=@/sbin/ldconfig", "--no-cgroups", "--pid=4242", "--device=0,1",
          "--cuda-compat-mode=mount", "--compute", "--utility", "/var/lib/runsc/rootfs"]
@@ -211,14 +211,14 @@ def _python_without_click(code: str, env: dict | None = None) -> subprocess.Comp
 
 
 def test_version_and_configure_errors_do_not_import_click():
-    res = _python_without_click("sys.argv[0] = 'nvidia-container-cli'\nfrom nvc.argv import main\n"
+    res = _python_without_click("sys.argv[0] = 'nvidia-container-cli'\nfrom nvc.request.argv import main\n"
                                 "sys.exit(main(['--version']))")
     assert res.returncode == 0 and res.stdout.startswith("cli-version: ") and "CLICK" not in res.stderr
-    res = _python_without_click("sys.argv[0] = 'nvidia-container-cli'\nfrom nvc.argv import main\n"
+    res = _python_without_click("sys.argv[0] = 'nvidia-container-cli'\nfrom nvc.request.argv import main\n"
                                 "sys.exit(main(['--load-kmods', 'configure', '--pid=1', '/']))")
     assert res.returncode == 1
     assert res.stderr == "nvidia-container-cli: input error: invalid rootfs directory\n"
-    res = _python_without_click("from nvc.argv import main\nsys.exit(main(['configure', '--help']))")
+    res = _python_without_click("from nvc.request.argv import main\nsys.exit(main(['configure', '--help']))")
     assert res.returncode == 0 and "--cuda-compat-mode" in res.stdout and "CLICK-IMPORTED" in res.stderr
 
 
@@ -229,7 +229,7 @@ def test_configure_dry_run_does_not_import_click(host, tmp_path):
         (rootfs / d).mkdir(parents=True)
     args = ["--root", str(host.root), "configure", "--dry-run", "--ldconfig=@/sbin/ldconfig", "--no-cgroups",
             "--device=0", "--compute", "--utility", str(rootfs)]
-    res = _python_without_click(f"from nvc.argv import main\nsys.exit(main({args!r}))", env=host.env)
+    res = _python_without_click(f"from nvc.request.argv import main\nsys.exit(main({args!r}))", env=host.env)
     assert res.returncode == 0, res.stderr
     assert "CLICK-IMPORTED" not in res.stderr
     assert "bind library" in res.stdout and "/usr/lib64/libcuda.so." in res.stdout

@@ -63,10 +63,11 @@ def test_index_holds_every_module_of_the_package_tree():
 
 
 def test_round_trip_serves_modules_as_a_normal_import_would(package):
-    modules = ["nvc.hook", "nvc.sys.mount", "nvc.ldcache.writer"]
+    modules = ["nvc.commands.hook", "nvc.sys.mount", "nvc.host.ldcache.writer"]
     served = _import(package, modules)
     assert served["installed"]
-    assert {"nvc.hook", "nvc.sys", "nvc.sys.mount", "nvc.ldcache", "nvc.ldcache.writer"} <= set(served["served"])
+    assert {"nvc.commands.hook", "nvc.sys", "nvc.sys.mount", "nvc.host.ldcache",
+        "nvc.host.ldcache.writer"} <= set(served["served"])
     assert "nvc" not in served["served"] and "nvc.bytecode_bundle" not in served["served"]  # imported to install it
     # __file__, __cached__ and package __path__ are what the normal import gives
     _bundle_file(package).unlink()
@@ -81,17 +82,18 @@ def test_build_is_a_no_op_when_current_and_rewrites_after_a_change(package):
     before = bundle.stat()
     assert bytecode_bundle.build(str(package))[2] is False
     assert bundle.stat().st_ino == before.st_ino
-    (package / "hook.py").write_text((package / "hook.py").read_text() + "\n# edited\n")
+    (package / "commands/hook.py").write_text((package / "commands/hook.py").read_text() + "\n# edited\n")
     assert bytecode_bundle.build(str(package))[2] is True
     assert bundle.stat().st_mode & 0o777 == 0o644
     assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".bundle-")]  # no temporary left
 
 
 def test_stale_entry_falls_back_to_the_edited_source(package):
-    hook = package / "hook.py"
+    hook = package / "commands/hook.py"
     hook.write_text(hook.read_text() + "\nEDITED_AFTER_BUILD = 1\n")
     code = (f"import sys; sys.path[:0] = [{str(package.parent)!r}]\nimport nvc.bytecode_bundle as b\n"
-            "f = b.install()\nimport nvc.hook\nprint(nvc.hook.EDITED_AFTER_BUILD, 'nvc.hook' in f.served, "
+            "f = b.install()\nimport nvc.commands.hook\nprint(nvc.commands.hook.EDITED_AFTER_BUILD, "
+                "'nvc.commands.hook' in f.served, "
             "'nvc.jsonfast' in f.served)")  # fmt: skip
     res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=False)
     assert res.stdout.split() == ["1", "False", "True"], res.stderr
@@ -99,23 +101,23 @@ def test_stale_entry_falls_back_to_the_edited_source(package):
 
 def test_a_module_added_after_the_build_imports_normally(package):
     (package / "added_later.py").write_text("VALUE = 42\n")
-    served = _import(package, ["nvc.added_later", "nvc.hook"])
-    assert "nvc.added_later" not in served["served"] and "nvc.hook" in served["served"]
+    served = _import(package, ["nvc.added_later", "nvc.commands.hook"])
+    assert "nvc.added_later" not in served["served"] and "nvc.commands.hook" in served["served"]
     assert served["files"]["nvc.added_later"] == str(package / "added_later.py")
 
 
 def test_a_module_removed_after_the_build_is_gone(package):
-    (package / "doctor_gvisor.py").unlink()
+    (package / "commands/doctor_gvisor.py").unlink()
     code = (f"import sys; sys.path[:0] = [{str(package.parent)!r}]\nimport nvc.bytecode_bundle as b\nb.install()\n"
-            "import nvc.doctor_gvisor")  # fmt: skip
+            "import nvc.commands.doctor_gvisor")  # fmt: skip
     res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=False)
-    assert res.returncode == 1 and "ModuleNotFoundError: No module named 'nvc.doctor_gvisor'" in res.stderr
+    assert res.returncode == 1 and "ModuleNotFoundError: No module named 'nvc.commands.doctor_gvisor'" in res.stderr
 
 
 def _assert_ignored(package: Path) -> None:
-    result = _import(package, ["nvc.hook"])
+    result = _import(package, ["nvc.commands.hook"])
     assert not result["installed"] and result["served"] == []
-    assert result["files"]["nvc.hook"] == str(package / "hook.py")  # the normal import still works
+    assert result["files"]["nvc.commands.hook"] == str(package / "commands/hook.py")  # the normal import still works
 
 
 def test_a_symlinked_bundle_is_ignored(package, tmp_path):
@@ -160,7 +162,7 @@ def test_a_damaged_bundle_is_ignored(package, damage):
     elif damage == "offset-past-end":
         data = data[: len(data) - 1]  # the last module's code now ends past the file
     elif damage == "index-not-a-dict":
-        raw = marshal.dumps(["nvc.hook"])
+        raw = marshal.dumps(["nvc.commands.hook"])
         data = data[:head] + len(raw).to_bytes(4, "little") + raw
     else:
         data = bytearray()
@@ -180,13 +182,13 @@ def test_a_damaged_entry_falls_back_for_that_module(package):
     data = bytearray(bundle.read_bytes())
     data[offset : offset + length] = marshal.dumps(("not", "code")).ljust(length, b"\0")
     bundle.write_bytes(bytes(data))
-    served = _import(package, ["nvc.hook", "nvc.jsonfast"])
-    assert "nvc.jsonfast" not in served["served"] and "nvc.hook" in served["served"]
+    served = _import(package, ["nvc.commands.hook", "nvc.jsonfast"])
+    assert "nvc.jsonfast" not in served["served"] and "nvc.commands.hook" in served["served"]
     assert served["files"]["nvc.jsonfast"] == str(package / "jsonfast.py")
 
 
 def test_optimised_interpreter_ignores_the_bundle(package):
-    result = _import(package, ["nvc.hook"], flags=("-O",))
+    result = _import(package, ["nvc.commands.hook"], flags=("-O",))
     assert not result["installed"]
 
 
@@ -237,7 +239,7 @@ def test_the_hook_launcher_loads_nvc_from_the_bundle(tmp_path, host, tools):
     # The launcher installs the bundle after the pre-filter has run: every module imported after the bundle's own
     # (sys.modules keeps import order) came from it.
     after = loaded[loaded.index("nvc.bytecode_bundle") + 1 :]
-    assert "nvc.hook" in after and "nvc.executor" in after
+    assert "nvc.commands.hook" in after and "nvc.apply.executor" in after
     assert sorted(after) == sorted(served)
 
 
@@ -252,12 +254,12 @@ def test_no_import_from_the_bundle_inside_the_container_namespace(tmp_path):
         f"import sys; sys.path[:0] = {_launcher_path()!r}\n"
         "import nvc.bytecode_bundle as b\n"
         "finder = b.install()\n"
-        "from nvc.executor import MountNamespace, NoImportsHere\n"
+        "from nvc.apply.executor import MountNamespace, NoImportsHere\n"
         "with MountNamespace(int(sys.argv[1])):\n"
         "    try:\n"
-        "        import nvc.doctor_gvisor\n"
+        "        import nvc.commands.doctor_gvisor\n"
         "    except NoImportsHere:\n"
-        "        print('refused', 'nvc.doctor_gvisor' in finder._index)\n"
+        "        print('refused', 'nvc.commands.doctor_gvisor' in finder._index)\n"
     )
     res = _run_in_held_namespace(lambda pid: [sys.executable, "-I", "-S", "-c", code, str(pid)], lambda _pid: "",
                                  {"PATH": os.environ["PATH"]}, tmp_path)  # fmt: skip

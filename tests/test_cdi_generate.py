@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fixtures.gpu_host import DEFAULT_GPUS, DEFAULT_MIGS
-from nvc.cdi import names
+from nvc.emit.cdi import names
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parent.parent
@@ -203,7 +203,7 @@ def test_without_nvml_auto_fails_in_one_line_and_management_uses_the_nodes(host,
 
 def test_driver_root_without_nvml_library(host, tmp_path):
     """A cache that lists no libnvidia-ml: auto says so in one line; management still writes the nodes."""
-    from nvc.ldcache.writer import serialize_cache
+    from nvc.host.ldcache.writer import serialize_cache
 
     empty = host.root / "etc/nvc-test-empty.cache"  # --ldcache is a path inside the driver root
     empty.write_bytes(serialize_cache((), "new"))

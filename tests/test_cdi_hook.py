@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.rootfs import busybox_rootfs, copy_rootfs, safe_rmtree
-from nvc.ldcache import read_cache
+from nvc.host.ldcache import read_cache
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parent.parent
@@ -275,7 +275,7 @@ def test_bad_input_is_one_line(tools, tmp_path, args, stdin, message):
 def test_enable_cuda_compat_names_the_directory_without_reading_its_libraries(tmp_path, monkeypatch):
     """NVIDIA's layout: enable-cuda-compat only writes the conf file naming the directory; the libraries in it are
     read by the update-ldcache that follows, not twice."""
-    from nvc.cdi import hook
+    from nvc.commands import cdi_hook as hook
 
     rootfs = tmp_path / "bundle/rootfs"
     (rootfs / "usr/local/cuda/compat").mkdir(parents=True)

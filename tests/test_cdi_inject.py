@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from nvc.cdi.inject import apply_cdi_edits, host_device_info, merge_edits
+from nvc.emit.cdi.inject import apply_cdi_edits, host_device_info, merge_edits
 from nvc.errors import NvcError
 
 NODES = {"/dev/nvidia0": ("c", 195, 0), "/dev/nvidiactl": ("c", 195, 255), "/dev/sda": ("b", 8, 0),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nvc.cdi import names
-from nvc.cdi.names import CdiNameError
+from nvc.emit.cdi import names
+from nvc.emit.cdi.names import CdiNameError
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_names_module_imports_no_regex_engine():
     from pathlib import Path
 
     repo = str(Path(__file__).resolve().parent.parent)
-    code = (f"import sys; sys.path.insert(0, {repo!r}); import nvc.cdi.names; "
+    code = (f"import sys; sys.path.insert(0, {repo!r}); import nvc.emit.cdi.names; "
             "print(','.join(m for m in ('re', 'typing', 'enum') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from nvc.cdi.registry import load_registry, load_spec_data
-from nvc.cdi.validation import SpecInvalid, validate_spec
-from nvc.cdi.versions import required_version, version_problem
+from nvc.emit.cdi.registry import load_registry, load_spec_data
+from nvc.emit.cdi.validation import SpecInvalid, validate_spec
+from nvc.emit.cdi.versions import required_version, version_problem
 from nvc.errors import NvcError
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from nvc.cdi.shim_mode import annotation_devices, cdi_request, requested_devices
+from nvc.commands.cdi_shim_mode import annotation_devices, cdi_request, requested_devices
 from nvc.errors import NvcError
-from nvc.runtime_config import parse_config
+from nvc.request.runtime_config import parse_config
 from tests.test_runtime_shim import Shim, write_bundle
 
 REPO = Path(__file__).resolve().parent.parent
@@ -285,7 +285,8 @@ def real_setup(tmp_path: Path, runtime: str, env: list[str], annotations=None):
     spec_dir = host_spec(tmp_path)
     front = tmp_path / "front"
     front.mkdir()
-    (front / runtime).write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.runtime_shim "$@"\n')
+    (front / runtime).write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.commands.runtime_shim '
+        f'"$@"\n')
     (front / runtime).chmod(0o755)
     config = tmp_path / "config.toml"
     config.write_text(f'[nvidia-container-runtime]\nmode = "cdi"\nruntimes = ["{real_runtime}"]\n'
@@ -346,7 +347,7 @@ def test_runc_through_the_shim_with_a_generated_spec(tmp_path, host, tools):
     its one createContainer hook run by runc: the GPU's node only, libcuda in ``ldconfig -p``, nvidia-smi on PATH."""
     import subprocess
 
-    pytest.importorskip("nvc.cdi.generate")
+    pytest.importorskip("nvc.emit.cdi.generate")
     from fixtures.runtimes import make_bundle, run_runc, unique_id
     from tests.test_e2e_runtimes import PROBE, assert_gpu_container, container_rootfs
 
@@ -365,7 +366,8 @@ def test_runc_through_the_shim_with_a_generated_spec(tmp_path, host, tools):
     assert res.returncode == 0, res.stderr
     front = tmp_path / "front"
     front.mkdir()
-    (front / "runc").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.runtime_shim "$@"\n')
+    (front / "runc").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.commands.runtime_shim '
+        f'"$@"\n')
     (front / "runc").chmod(0o755)
     config = tmp_path / "config.toml"
     config.write_text(f'[nvidia-container-runtime]\nmode = "cdi"\nruntimes = ["{real_runc}"]\n'
@@ -392,8 +394,9 @@ def test_cdi_create_path_stays_light(tmp_path):
 
     shim, _spec_dir = cdi_shim(tmp_path)
     bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=0"])
-    heavy = ("click", "elftools", "pynvml", "yaml", "nvc.configure", "nvc.plan", "nvc.inventory", "nvc.nvml.query")
-    code = ("import sys; from nvc.runtime_shim import prepare_create; import os; "
+    heavy = ("click", "elftools", "pynvml", "yaml", "nvc.commands.configure", "nvc.plan.planner", "nvc.host.inventory",
+        "nvc.host.nvml.query")
+    code = ("import sys; from nvc.commands.runtime_shim import prepare_create; import os; "
             f"argv = ['create', '--bundle', {str(bundle)!r}, 'id']; prepare_create(argv, 0, os.environ); "
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -430,7 +433,8 @@ def test_runsc_nvproxy_through_the_shim_in_cdi_mode(tmp_path, host, tools, devic
         _generate(host, bindir, env, spec_dir)
         front = tmp_path / "shim"
         front.mkdir()
-        (front / "runsc").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.runtime_shim "$@"\n')
+        (front / "runsc").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.commands.runtime_shim '
+            f'"$@"\n')
         (front / "runsc").chmod(0o755)
         (front / "config.toml").write_text(
             f'[nvidia-container-runtime]\nmode = "cdi"\nruntimes = ["{lab.runsc.path}"]\n'

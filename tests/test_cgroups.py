@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from nvc import cgroups
-from nvc.cgroups import CgroupTarget, DeviceRule
+from nvc.apply import cgroups
+from nvc.apply.cgroups import CgroupTarget, DeviceRule
 from nvc.errors import NvcError
 from nvc.sys import bpf
 
@@ -303,7 +303,7 @@ def test_encode_decode_round_trip():
 
 
 def test_import_does_not_build_the_ffi():
-    code = "import sys, nvc.cgroups; assert 'cffi' not in sys.modules, 'cffi imported'"
+    code = "import sys, nvc.apply.cgroups; assert 'cffi' not in sys.modules, 'cffi imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 

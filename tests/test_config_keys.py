@@ -1,16 +1,16 @@
 """Every config.toml key nvc parses changes what it does, or is reported as ignored (issue 16).
 
-The test walks the schema (:func:`nvc.runtime_config.schema_leaves`), sets each key to a value other than its
+The test walks the schema (:func:`nvc.request.runtime_config.schema_leaves`), sets each key to a value other than its
 default (in a context where the key can matter: ``allow-ldconfig-from-container`` only matters for an ldconfig
 inside the container), and compares what the hook and the runtime shim then do with what they do without it:
 
 - the hook: for a few containers (an unprivileged one asking through the environment, a swarm variable, a volume
-  mount, IMEX and a requirement; one asking for a CDI name), NVIDIA's decision as :func:`nvc.hook.plan_hook` makes
-  it, and what each path carries out: the exec'd argv and environment, the in-process options and request;
+  mount, IMEX and a requirement; one asking for a CDI name), NVIDIA's decision as :func:`nvc.commands.hook.plan_hook`
+  makes it, and what each path carries out: the exec'd argv and environment, the in-process options and request;
 - the shim: ``create`` of a GPU container in a scratch directory with recording runtimes and hooks on its PATH:
   which runtime it execs, the spec it writes, its debug log.
 
-A key that changes neither must be in :data:`nvc.config_keys.IGNORED_KEYS` (and then appear in the debug log);
+A key that changes neither must be in :data:`nvc.request.config_keys.IGNORED_KEYS` (and then appear in the debug log);
 a key listed there must not change anything (the list would lie). A key someone adds to the schema without
 giving it a reader or a reason fails here.
 """
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from nvc.config_keys import IGNORED_KEYS, ignored_settings
+from nvc.commands.hook import exec_argv, exec_environment, plan_hook
 from nvc.errors import NvcError
-from nvc.hook import exec_argv, exec_environment, plan_hook
-from nvc.runtime_config import RuntimeConfig, parse_config, schema_leaves
+from nvc.request.config_keys import IGNORED_KEYS, ignored_settings
+from nvc.request.runtime_config import RuntimeConfig, parse_config, schema_leaves
 
 LEAVES = schema_leaves()
 LOG_PLACEHOLDER = "@LOGDIR@"
@@ -45,7 +45,7 @@ PROBES = {
     "nvidia-container-runtime.mode": ({}, "cdi"),
     "nvidia-container-runtime.runtimes": ({}, ["crun"]),
     "nvidia-container-runtime.modes.legacy.cuda-compat-mode": ({}, "mount"),
-    # the CDI mode's keys act in cdi mode (nvc/cdi/shim_mode.py): the device names, and which specs are read
+    # the CDI mode's keys act in cdi mode (nvc/commands/cdi_shim_mode.py): the device names, and which specs are read
     "nvidia-container-runtime.modes.cdi.default-kind": (CDI_MODE, "example.com/probe"),
     "nvidia-container-runtime.modes.cdi.annotation-prefixes": (CDI_MODE, ["nvc.probe/"]),
     "nvidia-container-runtime.modes.cdi.spec-dirs": (CDI_MODE, ["/nvc-probe"]),
@@ -136,7 +136,7 @@ RECORDER = "#!/bin/sh\nexit 0\n"
 
 def shim_outcome(text: str, work: Path) -> object:
     """What ``nvidia-container-runtime create`` does with this config.toml: runtime, written spec, debug logs."""
-    from nvc.runtime_shim import prepare_create
+    from nvc.commands.runtime_shim import prepare_create
 
     work.mkdir(parents=True)
     bindir, logdir, bundle = work / "bin", work / "logs", work / "bundle"
@@ -175,7 +175,7 @@ def test_every_key_is_read_or_reported_ignored(key, path, tmp_path):
         assert ignored_settings(parse_config(base_text, "config.toml", path_exists=_no_real)) == []
     else:
         assert changed, (f"config key {key} is parsed but changes nothing the hook or the runtime does: make it "
-                         "act, or add it to nvc.config_keys.IGNORED_KEYS with the reason (logged as ignored)")
+                         "act, or add it to nvc.request.config_keys.IGNORED_KEYS with the reason (logged as ignored)")
 
 
 def _format(value: object) -> str:

@@ -243,10 +243,10 @@ def test_cuda_compat_library_is_mounted_from_inside_the_image(host, rootfs, cont
 
 
 def test_not_root_is_a_permission_error(host, rootfs, monkeypatch):
-    from nvc.configure import configure_container
+    from nvc.commands.configure import configure_container
     from nvc.errors import NvcError
-    from nvc.options import GlobalOptions
-    from nvc.request import ConfigureRequest
+    from nvc.request.configure_request import ConfigureRequest
+    from nvc.request.options import GlobalOptions
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(NvcError) as err:
@@ -296,7 +296,7 @@ def test_nothing_is_imported_inside_the_container_namespace(container):
     refused there, and work again once we are back."""
     code = (
         "import sys\n"
-        "from nvc.executor import MountNamespace, NoImportsHere\n"
+        "from nvc.apply.executor import MountNamespace, NoImportsHere\n"
         f"with MountNamespace({container}):\n"
         "    try:\n"
         "        import colorsys\n"

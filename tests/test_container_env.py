@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from nvc.components import ALL_CAPABILITIES, Capability
-from nvc.container_env import GpuRequest, cuda_major_minor, gpu_request_from_spec, parse_environment
 from nvc.errors import NvcError
 from nvc.record import replace
-from nvc.runtime_config import FeaturesConfig, RuntimeConfig
+from nvc.request.container_env import GpuRequest, cuda_major_minor, gpu_request_from_spec, parse_environment
+from nvc.request.runtime_config import FeaturesConfig, RuntimeConfig
 
 C = Capability
 CU = frozenset({C.COMPUTE, C.UTILITY})

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from nvc import container_fs as cfs
-from nvc.container_fs import ContainerFsError, RootFs, Undo, open_root
+from nvc.apply import container_fs as cfs
+from nvc.apply.container_fs import ContainerFsError, RootFs, Undo, open_root
 from nvc.sys import mount as m
 from nvc.sys.openat2 import openat2_available
 from tests.test_sys_mount import mount_at, mountinfo, mounts_under, run_in_mount_ns

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.container_fs import ContainerFsError, RootFs, Undo, open_root
+from nvc.apply.container_fs import ContainerFsError, RootFs, Undo, open_root
 from nvc.sys.openat2 import openat2_available
 
 RESOLVERS = [

@@ -222,8 +222,10 @@ def test_hook_configures_a_container_without_writing_bytecode(installed, host, s
     # postinst wrote nvc's bytecode bundle (root's, 0644), current for every module: the hook's come from it.
     bundle = "/usr/lib/nvc/lib/python3.11/site-packages/nvc/__pycache__/bundle.cpython-311.marshal"
     assert root.run(f"stat -c '%U %a' {bundle}").stdout.strip() == "root 644"
-    probe = ("import sys, nvc.bytecode_bundle as b; f = b.install(); import nvc.hook, nvc.configure, nvc.executor; "
-             "print(f is not None and {'nvc.hook', 'nvc.configure', 'nvc.executor'} <= set(f.served))")
+    probe = ("import sys, nvc.bytecode_bundle as b; f = b.install(); import nvc.commands.hook, nvc.commands.configure, "
+        "nvc.apply.executor; "
+             "print(f is not None and {'nvc.commands.hook', 'nvc.commands.configure', 'nvc.apply.executor'} <= "
+                 "set(f.served))")
     assert root.run(f'/usr/lib/nvc/bin/python3 -I -c "{probe}"', env={"PYTHONPATH": "/nonexistent"}).stdout == (
         "True\n")
 

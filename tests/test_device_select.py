@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nvc.device_select import normalize_bus_id, select_devices, split_device_list
 from nvc.driver_info import GpuInfo, MigDevice
 from nvc.errors import NvcError
+from nvc.request.device_select import normalize_bus_id, select_devices, split_device_list
 
 GPUS = (
     GpuInfo(0, 2, "NVIDIA A100", "Tesla", "GPU-aaaa0000-0000-0000-0000-000000000000", "00000000:3b:00.0", "8.0",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nvc.discovery import find_binaries, find_firmwares, find_ipcs, find_libraries, load_ldcache
 from nvc.errors import NvcError
-from nvc.ldcache import ARCH_X8664
+from nvc.host.discovery import find_binaries, find_firmwares, find_ipcs, find_libraries, load_ldcache
+from nvc.host.ldcache import ARCH_X8664
 
 V = "535.309.01"
 LIB = "usr/lib/x86_64-linux-gnu"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.doctor import (
+from nvc.commands.doctor import (
     DeviceNodeEntry,
     DoctorPaths,
     Finding,
@@ -53,7 +53,7 @@ def make_host(tmp_path: Path, case: str) -> DoctorPaths:
             target = root / rel
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     nodes = _read_dev_nodes(root / "_dev-nodes.txt")
-    # The driver chain (nvc.doctor_driver) has its own tests on real driver roots: tests/test_doctor_driver.py.
+    # The driver chain (nvc.commands.doctor_driver) has its own tests on real driver roots: tests/test_doctor_driver.py.
     return DoctorPaths(root=str(root), list_device_nodes=lambda _dev_dir: nodes, driver_checks=False)
 
 
@@ -139,7 +139,7 @@ def test_driver_table_is_the_fallback_when_runsc_cannot_list(tmp_path):
 
 
 def test_runsc_list_is_the_authority_over_our_table(tmp_path):
-    from nvc.gvisor_drivers import SUPPORTED_DRIVER_VERSIONS
+    from nvc.host.gvisor_drivers import SUPPORTED_DRIVER_VERSIONS
 
     assert "560.35.03" not in SUPPORTED_DRIVER_VERSIONS
     findings = diagnose(make_host(tmp_path, "driver-from-runsc-list"))
@@ -249,7 +249,7 @@ def test_output_formats(tmp_path):
 
 def test_setup_output_passes_doctor(tmp_path):
     """What `nvc setup` writes is, by doctor's own standard, a correct setup."""
-    from nvc.setup_config import apply_containerd, apply_docker
+    from nvc.commands.setup_config import apply_containerd, apply_docker
 
     paths = make_host(tmp_path, "nothing-configured")
     changes = apply_containerd(runtime="runsc", runsc_path="/usr/bin/runsc", root=paths.root)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nvc.doctor import diagnose, format_findings, has_errors
-from nvc.setup_cdi import edit_containerd_cdi
+from nvc.commands.doctor import diagnose, format_findings, has_errors
+from nvc.commands.setup_cdi import edit_containerd_cdi
 from tests.test_doctor import make_host
 
 DRIVER = "535.183.06"  # what tests/data/doctor/_host/proc/driver/nvidia/version says is loaded

@@ -1,5 +1,5 @@
-"""``nvc doctor``'s driver chain (nvc/doctor_driver.py) on real driver roots: the Debian 535 files with the stub NVML
-and real device nodes (a working host), the same files with the real 535 NVML and no kernel module (Driver Not
+"""``nvc doctor``'s driver chain (nvc/commands/doctor_driver.py) on real driver roots: the Debian 535 files with the
+stub NVML and real device nodes (a working host), the same files with the real 535 NVML and no kernel module (Driver Not
 Loaded), an empty root (nothing installed) — and ``--root`` given globally or to ``doctor``."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from fixtures.gpu_host import make_gpu_host
 from fixtures.nvml_stub import CONFIG_ENV, write_config
-from nvc.doctor import DoctorPaths, Finding, diagnose, format_findings
+from nvc.commands.doctor import DoctorPaths, Finding, diagnose, format_findings
 
 pytestmark = [
     pytest.mark.root,
@@ -124,7 +124,7 @@ def test_missing_node_and_version_mismatch(tmp_path, monkeypatch):
 
 def test_fresh_nvml_failure_is_seen_despite_a_warm_cache(stub_env, tmp_path, monkeypatch):
     """Container starts keep using the cached NVML answer; doctor asks the driver now."""
-    from nvc.inventory import query_nvml
+    from nvc.host.inventory import query_nvml
 
     query_nvml(str(stub_env.root))  # a container start: fills the cache
     assert list((tmp_path / "cache").glob("*.json"))
@@ -140,7 +140,7 @@ def test_fresh_nvml_failure_is_seen_despite_a_warm_cache(stub_env, tmp_path, mon
 def run_nvc(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NVML_STUB", "NVC_DRIVER_ROOT"))}
     env.update(env_extra or {})
-    code = "import sys; sys.argv[0] = 'nvc'; from nvc.cli import main; sys.exit(main())"
+    code = "import sys; sys.argv[0] = 'nvc'; from nvc.commands.cli import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, env=env,
                           check=False, timeout=120)
 

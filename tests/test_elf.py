@@ -1,4 +1,4 @@
-"""nvc/elf.py's hot-path readers: the one-open identity + SONAME read the in-process ld.so.cache update uses gives
+"""nvc/host/elf.py's hot-path readers: the one-open identity + SONAME read the in-process ld.so.cache update uses gives
 what the separate readers give, and the SONAME what pyelftools reads (an independent parser)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.elf import read_details, read_identity, read_identity_and_soname, read_soname
+from nvc.host.elf import read_details, read_identity, read_identity_and_soname, read_soname
 
 
 def _libraries(root: Path) -> list[Path]:

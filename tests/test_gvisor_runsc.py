@@ -206,7 +206,8 @@ def _shim_front(lab: Lab, mode: str = "auto") -> tuple[Path, dict[str, str]]:
     front = lab.base / f"shim-{mode}"
     if not front.exists():
         front.mkdir()
-        (front / "runsc").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.runtime_shim "$@"\n')
+        (front / "runsc").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.commands.runtime_shim '
+            f'"$@"\n')
         (front / "runsc").chmod(0o755)
         (front / "config.toml").write_text(
             f'[nvidia-container-cli]\nroot = "{lab.host.root}"\n'
@@ -295,7 +296,7 @@ def test_a_reused_rootfs_gets_only_this_starts_gpus_and_its_dev_is_never_written
 
 
 def test_release_dates_of_upstream_and_debian_builds():
-    from nvc.gvisor_drivers import parse_runsc_release
+    from nvc.host.gvisor_drivers import parse_runsc_release
 
     assert parse_runsc_release("runsc version release-20240513.0\nspec: 1.1.0") == 20240513
     assert parse_runsc_release("runsc version 0.0~20240729.0\nspec: 1.0.2-dev") == 20240729
@@ -306,8 +307,8 @@ def test_release_dates_of_upstream_and_debian_builds():
 def doctor_host(lab: Lab, base: Path, runsc: Path, **runsc_config: str):
     """A host tree for ``nvc doctor --root``: containerd configured by ``nvc setup containerd --runtime runsc``,
     ``/usr/bin/runsc`` the given real binary, our CLI, and the fake GPU host's driver version."""
-    from nvc.doctor import DoctorPaths
-    from nvc.setup_config import apply_containerd
+    from nvc.commands.doctor import DoctorPaths
+    from nvc.commands.setup_config import apply_containerd
 
     root = base / "root"
     (root / "usr/bin").mkdir(parents=True)
@@ -333,7 +334,7 @@ def runsc_config_flags(paths) -> list[str]:
 
 
 def test_setup_containerd_writes_flags_this_runsc_starts_a_gpu_sandbox_with(lab, tmp_path):
-    from nvc.doctor import diagnose
+    from nvc.commands.doctor import diagnose
 
     paths = doctor_host(lab, tmp_path, lab.runsc.path)
     flags = runsc_config_flags(paths)
@@ -351,8 +352,8 @@ def test_setup_containerd_writes_flags_this_runsc_starts_a_gpu_sandbox_with(lab,
 def test_doctor_reports_the_unsupported_driver_with_the_error_runsc_really_gives(lab, tmp_path):
     import re
 
-    from nvc.doctor import diagnose
-    from nvc.gvisor_drivers import SUPPORTED_DRIVER_VERSIONS
+    from nvc.commands.doctor import diagnose
+    from nvc.host.gvisor_drivers import SUPPORTED_DRIVER_VERSIONS
 
     paths = doctor_host(lab, tmp_path, lab.runsc.path)
     (finding,) = [f for f in diagnose(paths) if f.check == "driver.gvisor-unsupported"]
@@ -377,7 +378,7 @@ def test_doctor_reports_the_unsupported_driver_with_the_error_runsc_really_gives
 
 def test_doctor_falls_back_to_its_table_for_a_runsc_without_the_command(lab, tmp_path):
     """bookworm's own runsc (0.0~20221219) predates nvproxy: too old, and its list is nvc's copy, said so."""
-    from nvc.doctor import diagnose
+    from nvc.commands.doctor import diagnose
 
     old = shutil.which("runsc", path="/usr/sbin:/usr/bin:/sbin:/bin")
     if old is None or "0.0~20221219" not in subprocess.run([old, "--version"], capture_output=True,
@@ -393,7 +394,7 @@ def test_doctor_falls_back_to_its_table_for_a_runsc_without_the_command(lab, tmp
 
 
 def test_doctor_flags_a_runsc_config_key_this_runsc_does_not_know(lab, tmp_path):
-    from nvc.doctor import diagnose
+    from nvc.commands.doctor import diagnose
 
     paths = doctor_host(lab, tmp_path, lab.runsc.path, **{"nvproxy-typo": "true"})
     (finding,) = [f for f in diagnose(paths) if f.check == "runsc.unknown-flag"]
@@ -407,7 +408,7 @@ def test_doctor_flags_a_runsc_config_key_this_runsc_does_not_know(lab, tmp_path)
 def test_doctor_platform_advice_and_probe(lab, tmp_path):
     from dataclasses import replace
 
-    from nvc.doctor import diagnose
+    from nvc.commands.doctor import diagnose
 
     paths = doctor_host(lab, tmp_path / "ptrace", lab.runsc.path, platform="ptrace")
     (warning,) = [f for f in diagnose(paths) if f.check == "runsc.platform-ptrace"]

@@ -13,8 +13,8 @@ import pytest
 
 from fixtures.driver_roots import DRIVER_VERSION
 from fixtures.gpu_host import make_gpu_host
+from nvc.commands.hook import HookUsageError, container_rootfs, parse_args, safe_environment
 from nvc.errors import NvcError
-from nvc.hook import HookUsageError, container_rootfs, parse_args, safe_environment
 
 V = DRIVER_VERSION
 
@@ -59,7 +59,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_hook(args, state, env=None, cwd=None):
     env = dict(env or os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "nvc.hook", *args], input=json.dumps(state), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nvc.commands.hook", *args], input=json.dumps(state),
+        capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=120, check=False)
 
 
@@ -87,7 +88,7 @@ def test_poststart_and_not_a_gpu_container_do_nothing(tmp_path):
 
 
 def test_bad_state_and_spec_are_one_line_errors(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "nvc.hook", "prestart"], input="not json", capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "nvc.commands.hook", "prestart"], input="not json", capture_output=True,
                          text=True, check=False)
     assert res.returncode == 1 and res.stderr.startswith("nvidia-container-runtime-hook: input error: ")
     assert res.stderr.count("\n") == 1
@@ -97,9 +98,9 @@ def test_bad_state_and_spec_are_one_line_errors(tmp_path):
 
 def test_external_cli_argv_matches_nvidia():
     from nvc.components import Capability
-    from nvc.container_env import GpuRequest
-    from nvc.container_request import cli_argv, cli_invocation
-    from nvc.runtime_config import RuntimeConfig
+    from nvc.request.container_env import GpuRequest
+    from nvc.request.container_request import cli_argv, cli_invocation
+    from nvc.request.runtime_config import RuntimeConfig
 
     gpu = GpuRequest(devices=("0", "1"), capabilities=frozenset({Capability.UTILITY, Capability.COMPUTE}),
                      requirements=("cuda>=12.0",))

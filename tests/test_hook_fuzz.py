@@ -1,7 +1,7 @@
 """Malformed input to the hook ends in its stage's one line, never a Python exception (issue 16).
 
 The hook parses three inputs on every container start: config.toml, the container state on stdin and the bundle's
-config.json. Each is fuzzed here through the same function the hook runs (:func:`nvc.hook.prepare_hook`, which
+config.json. Each is fuzzed here through the same function the hook runs (:func:`nvc.commands.hook.prepare_hook`, which
 reads and decides without acting): deep nesting (``[`` repeated up to 50 MB), every truncation of a valid input,
 seeded random bytes, every field replaced by values of every JSON/TOML type, huge inputs. The only acceptable
 outcomes are a decision or an ``NvcError`` of stage ``input`` whose line says which input was bad
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from nvc.commands.hook import prepare_hook
 from nvc.errors import NvcError
-from nvc.hook import prepare_hook
-from nvc.runtime_config import RuntimeConfig, load_config, parse_config, schema_leaves
+from nvc.request.runtime_config import RuntimeConfig, load_config, parse_config, schema_leaves
 from tests.test_runtime_config import NVIDIA_SHIPPED_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
@@ -271,7 +271,7 @@ def test_config_toml_nesting_message():
 
 
 def _hook(args: list[str], stdin: bytes, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nvc.hook", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nvc.commands.hook", *args], input=stdin, capture_output=True,
                           env={**env, "PYTHONPATH": str(REPO), "NVC_NO_CACHE": "1"}, timeout=60, check=False)
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from nvc.argv import configure_request, global_options, parse_command_line
-from nvc.container_env import HOOK_MODE_ERROR, is_qualified_cdi_name
-from nvc.container_request import cli_argv
+from nvc.commands.hook import exec_environment, plan_hook
 from nvc.errors import NvcError
-from nvc.hook import exec_environment, plan_hook
-from nvc.runtime_config import parse_config
+from nvc.request.argv import configure_request, global_options, parse_command_line
+from nvc.request.container_env import HOOK_MODE_ERROR, is_qualified_cdi_name
+from nvc.request.container_request import cli_argv
+from nvc.request.runtime_config import parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = "/usr/bin/nvidia-container-cli"
@@ -223,8 +223,8 @@ def test_environment_reaches_the_exec_and_wins():
 def test_in_process_log_goes_where_the_cli_debug_goes(debug, config_debug, path, to_stderr):
     """In-process, the hook's log (the CLI's, there) follows the same rule as --debug: -debug means stderr and
     only stderr, as NVIDIA's hook replaces the configured file with /dev/stderr."""
-    from nvc.container_request import debug_target
-    from nvc.hook import open_debug_log
+    from nvc.commands.hook import open_debug_log
+    from nvc.request.container_request import debug_target
 
     config = parse_config(f'[nvidia-container-cli]\ndebug = "{config_debug}"\n', path_exists=no_real)
     log = open_debug_log(debug_target(config, debug))
@@ -269,7 +269,7 @@ def run_real_hook(tmp_path: Path, config_text: str, env: list[str], args=("prest
     record.unlink(missing_ok=True)
     hook_env = {"PATH": "/usr/bin:/bin", "NVC_TEST_RECORD": str(record), "NVC_NO_CACHE": "1",
                 "LD_LIBRARY_PATH": "/from-runtime", "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-m", "nvc.hook", f"-config={config}", *args],
+    res = subprocess.run([sys.executable, "-m", "nvc.commands.hook", f"-config={config}", *args],
                          input=json.dumps({"pid": os.getpid(), "bundle": str(bundle)}), capture_output=True,
                          text=True, env=hook_env, timeout=60, check=False)
     argv, environ = [], {}

@@ -1,4 +1,4 @@
-"""The hook's pre-filter (nvc/prefilter.py): a container whose config.json carries no GPU marker is left alone
+"""The hook's pre-filter (nvc/commands/prefilter.py): a container whose config.json carries no GPU marker is left alone
 without loading config.toml or NVIDIA's rules — but only while the memo the full path wrote still matches
 config.toml, and never when a debug log or -debug asks to see every container."""
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from nvc import prefilter
+from nvc.commands import prefilter
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "scripts/launchers/nvidia-container-runtime-hook"
 # The launcher's Python part, run by this interpreter with nvc on sys.path; it says which way the hook went.
 PROBE = ("import sys, atexit; sys.path.insert(0, sys.argv.pop(1)); "
-         "atexit.register(lambda: sys.stderr.write('FULL\\n' if 'nvc.runtime_config' in sys.modules "
+         "atexit.register(lambda: sys.stderr.write('FULL\\n' if 'nvc.request.runtime_config' in sys.modules "
          "else 'SKIPPED\\n')); sys.argv[0] = {launcher!r}; exec(compile(open({launcher!r}).read(), {launcher!r}, "
          "'exec'))").format(launcher=str(LAUNCHER))
 
@@ -121,5 +121,6 @@ def test_installed_launcher_skips_with_five_small_modules_and_no_os(settled, tmp
     assert res.returncode == 0, res.stderr
     modules = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
     assert sorted(m for m in modules if m.startswith("nvc")) == [
-        "nvc", "nvc.config_location", "nvc.jsonfast", "nvc.prefilter", "nvc.private_files"]
-    assert not modules & {"os", "nvc.hook", "nvc.runtime_config", "nvc.container_env", "typing", "json", "re"}
+        "nvc", "nvc.config_location", "nvc.jsonfast", "nvc.commands.prefilter", "nvc.private_files"]
+    assert not modules & {"os", "nvc.commands.hook", "nvc.request.runtime_config", "nvc.request.container_env",
+        "typing", "json", "re"}

@@ -1,4 +1,5 @@
-"""The hook's hot-path caches: the parsed config.toml (nvc.runtime_config), stored with nvc.nvml.cache's helpers."""
+"""The hook's hot-path caches: the parsed config.toml (nvc.request.runtime_config), stored with nvc.host.nvml.cache's
+helpers."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import sys
 
 import pytest
 
-from nvc import runtime_config as rc
 from nvc.errors import NvcError
-from nvc.nvml import cache as store
+from nvc.host.nvml import cache as store
+from nvc.request import runtime_config as rc
 
 CONFIG = """
 disable-require = true
@@ -197,7 +198,7 @@ def test_hit_path_imports_no_toml_nor_hashlib(tmp_path, cache_dir):
     path = write_config(tmp_path / "config.toml")
     rc.load_config(path, {}, path_exists=no_real)
     code = (
-        "import sys; from nvc.runtime_config import load_config; "
+        "import sys; from nvc.request.runtime_config import load_config; "
         f"load_config({path!r}, {{}}); "
         "bad = [m for m in ('tomllib', 'hashlib', 're', 'pathlib', 'subprocess') if m in sys.modules]; "
         "print(','.join(bad))"

@@ -80,7 +80,7 @@ def test_warm_hook_run_imports_nothing_heavy(tmp_path, host, tools):
     _, env = tools
     bundle = _bundle(tmp_path)
     code = (f"import sys; sys.path[:0] = {_launcher_path()!r}; sys.argv[0] = 'nvidia-container-runtime-hook'\n"
-            f"{REPORT}from nvc.hook import main; sys.exit(main(['prestart']))")  # fmt: skip
+            f"{REPORT}from nvc.commands.hook import main; sys.exit(main(['prestart']))")  # fmt: skip
     for attempt in range(2):  # the first run fills the NVML and inventory caches; the second is a usual start
         res = _run_in_held_namespace(
             lambda _pid: [sys.executable, "-I", "-S", "-c", code],
@@ -97,7 +97,7 @@ def test_warm_cli_configure_imports_nothing_heavy(tmp_path, host, tools):
     _, env = tools
     bundle = _bundle(tmp_path)
     code = (f"import sys; sys.path[:0] = {_launcher_path()!r}; sys.argv[0] = 'nvidia-container-cli'\n"
-            f"{REPORT}from nvc.argv import main; sys.exit(main())")  # fmt: skip
+            f"{REPORT}from nvc.request.argv import main; sys.exit(main())")  # fmt: skip
     for attempt in range(2):
         res = _run_in_held_namespace(
             lambda pid: [sys.executable, "-I", "-S", "-c", code, "--load-kmods", "configure", "--device=0",
@@ -122,7 +122,7 @@ def test_not_a_gpu_container_imports_almost_nothing(tmp_path, tools):
             "import atexit\n"
             "atexit.register(lambda: sys.stderr.write('NVC-MODULES:' + ','.join(sorted(m for m in sys.modules "
             "if m.startswith('nvc'))) + '\\n'))\n"
-            f"{REPORT}from nvc.hook import main; sys.exit(main(['prestart']))")  # fmt: skip
+            f"{REPORT}from nvc.commands.hook import main; sys.exit(main(['prestart']))")  # fmt: skip
     res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, env=env,
                          input=json.dumps({"pid": os.getpid(), "bundle": str(bundle)}), timeout=60,
                          check=False)  # fmt: skip
@@ -130,8 +130,9 @@ def test_not_a_gpu_container_imports_almost_nothing(tmp_path, tools):
     assert _forbidden(res.stderr) == [], res.stderr
     nvc_line = next(line for line in res.stderr.splitlines() if line.startswith("NVC-MODULES:"))
     loaded = set(nvc_line.split(":", 1)[1].split(","))
-    assert not loaded & {"nvc.configure", "nvc.executor", "nvc.plan", "nvc.inventory", "nvc.cgroups",
-                         "nvc.container_fs", "nvc.sys.mount", "nvc.ldcache"}, loaded  # fmt: skip
+    assert not loaded & {"nvc.commands.configure", "nvc.apply.executor", "nvc.plan.planner", "nvc.host.inventory",
+        "nvc.apply.cgroups",
+                         "nvc.apply.container_fs", "nvc.sys.mount", "nvc.host.ldcache"}, loaded  # fmt: skip
 
 
 @pytest.mark.root
@@ -139,11 +140,11 @@ def test_cdi_hook_imports_nothing_heavy(tmp_path, host, tools):
     """Our CDI createContainer hook (issue 10) runs on every start of a CDI GPU container: links, compat check and
     the merged ld.so.cache, and none of the heavy modules — nor the planner, inventory or NVML code, nor the FFI
     (it resolves the root in user space: no openat2) or the debug log."""
-    from nvc.cdi.generate import hook_args
-    from nvc.listing import ListRequest, _plan_for_listing
+    from nvc.emit.cdi.generate import hook_args
+    from nvc.emit.listing import ListRequest, _plan_for_listing
 
     bundle = _bundle(tmp_path)
-    from nvc.inventory import build_inventory
+    from nvc.host.inventory import build_inventory
 
     inventory = build_inventory(str(host.root), environ={**os.environ, **host.env})
     plan, _ = _plan_for_listing(inventory, ListRequest(libraries=True, binaries=True))
@@ -152,7 +153,7 @@ def test_cdi_hook_imports_nothing_heavy(tmp_path, host, tools):
             "import atexit\n"
             "atexit.register(lambda: sys.stderr.write('NVC-MODULES:' + ','.join(sorted(m for m in sys.modules "
             "if m.startswith(('nvc', '_cffi')))) + '\\n'))\n"
-            f"{REPORT}from nvc.cdi.hook import main; sys.exit(main({args!r}))")  # fmt: skip
+            f"{REPORT}from nvc.commands.cdi_hook import main; sys.exit(main({args!r}))")  # fmt: skip
     res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60,
                          input=json.dumps({"pid": os.getpid(), "bundle": str(bundle)}), check=False,
                          env={"PATH": "/usr/bin:/bin"})  # fmt: skip
@@ -160,8 +161,10 @@ def test_cdi_hook_imports_nothing_heavy(tmp_path, host, tools):
     assert _forbidden(res.stderr) == [], res.stderr
     nvc_line = next(line for line in res.stderr.splitlines() if line.startswith("NVC-MODULES:"))
     loaded = set(nvc_line.split(":", 1)[1].split(","))
-    assert not loaded & {"nvc.plan", "nvc.inventory", "nvc.nvml", "nvc.discovery", "nvc.listing", "nvc.cli",
-                         "nvc.cdi.generate", "nvc.cdi.spec", "nvc.elf", "nvc.debuglog", "nvc.sys._nvc_cffi",
+    assert not loaded & {"nvc.plan.planner", "nvc.host.inventory", "nvc.host.nvml", "nvc.host.discovery",
+        "nvc.emit.listing", "nvc.commands.cli",
+                         "nvc.emit.cdi.generate", "nvc.emit.cdi.spec", "nvc.host.elf", "nvc.debuglog",
+                         "nvc.sys._nvc_cffi",
                          "_cffi_backend"}, loaded  # fmt: skip
     assert os.readlink(bundle / "rootfs/usr/lib64/libcuda.so") == "libcuda.so.1"
     assert (bundle / "rootfs/etc/ld.so.cache").exists()  # the cache writer did run

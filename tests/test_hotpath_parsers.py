@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from nvc import cgroups, device_select, proc_driver
-from nvc.cgroups import DeviceRule
-from nvc.ldcache import writer
+from nvc.apply import cgroups
+from nvc.apply.cgroups import DeviceRule
+from nvc.host import proc_driver
+from nvc.host.ldcache import writer
+from nvc.request import device_select
 from nvc.sys import mount
 from nvc.sys.mount import unescape_mountinfo
 
@@ -422,7 +424,8 @@ HEAVY = {"re", "enum", "typing", "collections", "collections.abc", "functools", 
 
 
 def test_modules_import_no_heavy_stdlib():
-    modules = ["nvc.cgroups", "nvc.device_select", "nvc.proc_driver", "nvc.ldcache.writer", "nvc.sys.bpf",
+    modules = ["nvc.apply.cgroups", "nvc.request.device_select", "nvc.host.proc_driver", "nvc.host.ldcache.writer",
+        "nvc.sys.bpf",
                "nvc.sys._ffi"]  # fmt: skip
     code = f"import sys; sys.path.insert(0, {str(REPO)!r}); import {', '.join(modules)}; print(*sys.modules)"
     loaded = set(subprocess.check_output([sys.executable, "-I", "-S", "-c", code], text=True).split())

@@ -1,7 +1,7 @@
 """`info` output layouts, byte for byte."""
 
 from nvc.driver_info import DriverInfo, GpuInfo
-from nvc.listing import format_info_csv, format_info_text, info_json
+from nvc.emit.listing import format_info_csv, format_info_text, info_json
 
 INFO = DriverInfo(
     "550.54.15",

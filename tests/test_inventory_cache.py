@@ -1,4 +1,4 @@
-"""The driver-root inventory cache (nvc.inventory_cache): hits skip the ld.so.cache, every change is noticed."""
+"""The driver-root inventory cache (nvc.host.inventory_cache): hits skip the ld.so.cache, every change is noticed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from nvc import inventory
-from nvc.inventory import build_inventory
-from nvc.nvml.cache import CACHE_DIR_ENV, NO_CACHE_ENV
+from nvc.host import inventory
+from nvc.host.inventory import build_inventory
+from nvc.host.nvml.cache import CACHE_DIR_ENV, NO_CACHE_ENV
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,9 @@ def test_hit_reads_no_ldcache_and_gives_the_same_files(host, reads, tmp_path):
 def test_hit_imports_no_ldcache_module(host, tmp_path):
     build_inventory(root(host))
     code = (
-        "import sys; from nvc.inventory import build_inventory; build_inventory(sys.argv[1]); "
-        "bad = [m for m in ('nvc.ldcache', 'nvc.elf') if m in sys.modules]; sys.exit(f'imported {bad}' if bad else 0)"
+        "import sys; from nvc.host.inventory import build_inventory; build_inventory(sys.argv[1]); "
+        "bad = [m for m in ('nvc.host.ldcache', 'nvc.host.elf') if m in sys.modules]; sys.exit(f'imported {bad}' if "
+            "bad else 0)"
     )
     res = subprocess.run([sys.executable, "-c", code, root(host)], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -134,7 +135,7 @@ def test_environment_is_part_of_the_key(host, reads, tmp_path):
 
 
 def test_other_driver_version_is_a_miss(host, tmp_path):
-    from nvc.inventory_cache import InventoryCache
+    from nvc.host.inventory_cache import InventoryCache
 
     first = build_inventory(root(host))
     with InventoryCache.open(root(host), "/etc/ld.so.cache") as store:

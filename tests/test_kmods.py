@@ -1,4 +1,4 @@
-"""--load-kmods (nvc.kmods): nodes made from /proc/devices under a driver root, nvidia-modprobe on the host root,
+"""--load-kmods (nvc.host.kmods): nodes made from /proc/devices under a driver root, nvidia-modprobe on the host root,
 and nothing at all when the modules are loaded and every node is there (the container-start case)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc import kmods
+from nvc.host import kmods
 
 PROC_DEVICES = """Character devices:
   1 mem

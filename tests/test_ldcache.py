@@ -1,4 +1,4 @@
-"""nvc.ldcache against the real glibc ``ldconfig``: byte-identical ``-p`` output, layouts, arches, hwcaps, errors.
+"""nvc.host.ldcache against the real glibc ``ldconfig``: byte-identical ``-p`` output, layouts, arches, hwcaps, errors.
 
 Real caches come from ``ldconfig -r ROOT -c new|old|compat`` over copies of this host's libraries (some placed in
 glibc-hwcaps subdirectories), from Debian's ``libc6-i386`` package when apt has it cached, from the host's own
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from nvc import ldcache
-from nvc.ldcache import (
+from nvc.host import ldcache
+from nvc.host.ldcache import (
     ARCH_AARCH64,
     ARCH_ARMHF,
     ARCH_I386,
@@ -600,10 +600,10 @@ def _timed(func: Callable[[bytes], object], arg: bytes) -> float:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, nvc.ldcache; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, nvc.host.ldcache; print(' '.join(sorted(sys.modules)))"
     repo = Path(__file__).resolve().parent.parent
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo, timeout=60
     ).stdout.split()
-    for heavy in ("subprocess", "platform", "json", "elftools", "click", "pynvml", "cffi", "mmap", "nvc.cli"):
+    for heavy in ("subprocess", "platform", "json", "elftools", "click", "pynvml", "cffi", "mmap", "nvc.commands.cli"):
         assert heavy not in out

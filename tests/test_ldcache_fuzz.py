@@ -1,4 +1,4 @@
-"""Robustness of nvc.ldcache.parse_cache on damaged caches, plus a differential check against the real ldconfig.
+"""Robustness of nvc.host.ldcache.parse_cache on damaged caches, plus a differential check against the real ldconfig.
 
 Property 1 (every case): parse_cache returns an LdCache or raises LdCacheError, never anything else, quickly, and
 format_cache works on whatever it returned.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.ldcache import LdCache, LdCacheError, format_cache, parse_cache
+from nvc.host.ldcache import LdCache, LdCacheError, format_cache, parse_cache
 from tests.test_ldcache import (
     ARM64,
     HWCAP_NAMES,

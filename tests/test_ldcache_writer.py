@@ -1,4 +1,4 @@
-"""nvc.ldcache.writer against the real glibc 2.36 tools: byte-identical rewrites, merges equal to ``ldconfig``,
+"""nvc.host.ldcache.writer against the real glibc 2.36 tools: byte-identical rewrites, merges equal to ``ldconfig``,
 the dynamic loader using our cache in a chroot, and the SONAME links ldconfig creates.
 
 Real data: the host's /etc/ld.so.cache, caches ``ldconfig -r ROOT`` writes over copies of host libraries (with
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.ldcache import (
+from nvc.host.ldcache import (
     ARCH_I386,
     ARCH_X8664,
     FLAG_ELF,
@@ -32,7 +32,7 @@ from nvc.ldcache import (
     parse_cache,
     writer,
 )
-from nvc.ldcache.writer import (
+from nvc.host.ldcache.writer import (
     LibraryAddition,
     SearchDirectory,
     dl_cache_libcmp,

@@ -1,4 +1,4 @@
-"""nvc.nvml.query_driver against the real pynvml, with a stub libnvidia-ml (fake GPUs) and the real 535 one.
+"""nvc.host.nvml.query_driver against the real pynvml, with a stub libnvidia-ml (fake GPUs) and the real 535 one.
 
 The stub (fixtures/nvml_stub.c) is configured per test through a file named in $NVML_STUB_CONFIG and logs every
 nvmlInit with the caller's credentials and root inode to $NVML_STUB_CALL_LOG, so we can prove not only what was
@@ -29,7 +29,7 @@ from fixtures.nvml_stub import (
 )
 from nvc.driver_info import DriverInfo, GpuInfo, MigDevice
 from nvc.errors import NvcError
-from nvc.nvml import BRAND_NAMES, format_cuda_version, query_driver
+from nvc.host.nvml import BRAND_NAMES, format_cuda_version, query_driver
 
 REPO = Path(__file__).resolve().parent.parent
 HAVE_DRIVER_ROOTS = (REPO / "fixtures" / "driver_roots.py").exists()
@@ -95,7 +95,7 @@ def test_cuda_version_format(raw: int, text: str) -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, nvc.nvml; print('pynvml' in sys.modules, 'ctypes' in sys.modules)"
+    code = "import sys, nvc.host.nvml; print('pynvml' in sys.modules, 'ctypes' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -1,4 +1,4 @@
-"""nvc.nvml.cache: NVML is asked once, then not again while the driver, its library and the GPUs are unchanged.
+"""nvc.host.nvml.cache: NVML is asked once, then not again while the driver, its library and the GPUs are unchanged.
 
 Every test gets its own cache directory ($NVC_CACHE_DIR) and call log ($NVML_STUB_CALL_LOG: one line per
 nvmlInit the stub sees), so "NVML ran" and "NVML did not run" are facts read from the stub, not guesses.
@@ -22,9 +22,9 @@ from fixtures.gpu_host import make_gpu_host
 from fixtures.nvml_stub import CALL_LOG_ENV, CONFIG_ENV, read_call_log, write_config
 from nvc.driver_info import DriverInfo
 from nvc.errors import NvcError
-from nvc.inventory import query_nvml
-from nvc.nvml import cache as nvml_cache
-from nvc.nvml.cache import cached_query
+from nvc.host.inventory import query_nvml
+from nvc.host.nvml import cache as nvml_cache
+from nvc.host.nvml.cache import cached_query
 
 pytestmark = [
     pytest.mark.root,
@@ -355,21 +355,21 @@ def test_directory_is_bounded_and_foreign_files_kept(host, cache_dir):
 
 
 def test_import_is_cheap():
-    """Importing the cache adds one small nvc module, the cache directory's rules (nvc.nvml itself loads no driver
+    """Importing the cache adds one small nvc module, the cache directory's rules (nvc.host.nvml itself loads no driver
     code; /proc parsing and root paths load where they are used)."""
     code = (
-        "import sys, nvc.nvml; before = set(sys.modules); import nvc.nvml.cache; "
+        "import sys, nvc.host.nvml; before = set(sys.modules); import nvc.host.nvml.cache; "
         "print(*sorted(set(sys.modules) - before))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["nvc.nvml.cache", "nvc.private_files"]
+    assert out.stdout.split() == ["nvc.host.nvml.cache", "nvc.private_files"]
 
 
 # ------------------------------------------------------------------------------------------------ end to end
 
 
 def _run_cli(env: dict[str, str], *args: str, prog: str = "nvc") -> tuple[subprocess.CompletedProcess, float]:
-    code = f"import sys; sys.argv[0] = {prog!r}; from nvc.cli import main; sys.exit(main())"
+    code = f"import sys; sys.argv[0] = {prog!r}; from nvc.commands.cli import main; sys.exit(main())"
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
                          check=False, timeout=60)

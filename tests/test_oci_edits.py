@@ -14,8 +14,7 @@ import pytest
 
 from fixtures.driver_roots import DRIVER_VERSION
 from nvc.components import Capability
-from nvc.ldcache import ARCH_X8664, FLAG_ELF_LIBC6, LibraryAddition
-from nvc.oci_edits import (
+from nvc.emit.oci_edits import (
     LDCACHE_PATH,
     SpecEdits,
     apply_edits,
@@ -27,7 +26,8 @@ from nvc.oci_edits import (
     library_additions,
     spec_edits,
 )
-from nvc.plan import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
+from nvc.host.ldcache import ARCH_X8664, FLAG_ELF_LIBC6, LibraryAddition
+from nvc.plan.planner import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
 
 V = DRIVER_VERSION
 LDCONFIG = "/sbin/ldconfig"
@@ -218,9 +218,9 @@ def test_bind_mount_options():
 def make_plan(host, rootfs: Path, monkeypatch, devices=("0",), caps=(Capability.COMPUTE, Capability.UTILITY),
               **request) -> Plan:
     """The planner's real output for the fake host (its NVML stub answers through the child's environment)."""
-    from nvc.configure import build_plan
-    from nvc.options import GlobalOptions
-    from nvc.request import ConfigureRequest
+    from nvc.commands.configure import build_plan
+    from nvc.request.configure_request import ConfigureRequest
+    from nvc.request.options import GlobalOptions
 
     monkeypatch.setenv("NVML_STUB_CONFIG", host.env["NVML_STUB_CONFIG"])
     req = ConfigureRequest(rootfs=str(rootfs), devices=tuple(devices), capabilities=frozenset(caps),
@@ -367,9 +367,9 @@ def test_unusable_image_cache_gives_a_fresh_one(host, small_rootfs, monkeypatch,
 
 @pytest.mark.root
 def test_oci_edits_command(host, small_rootfs, monkeypatch, tmp_path):
-    from nvc.oci_edits import oci_edits_command
-    from nvc.options import GlobalOptions
-    from nvc.request import ConfigureRequest
+    from nvc.emit.oci_edits import oci_edits_command
+    from nvc.request.configure_request import ConfigureRequest
+    from nvc.request.options import GlobalOptions
 
     monkeypatch.setenv("NVML_STUB_CONFIG", host.env["NVML_STUB_CONFIG"])
     request = ConfigureRequest(rootfs=str(small_rootfs), devices=("0",), capabilities=frozenset({Capability.UTILITY}))

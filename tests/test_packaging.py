@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nvc import CLI_COMPAT_VERSION
 from nvc.record import fields, is_record
-from nvc.runtime_config import _NOT_IN_FILE, _TOML_KEYS, RuntimeConfig, default_config, parse_config, replace
+from nvc.request.runtime_config import _NOT_IN_FILE, _TOML_KEYS, RuntimeConfig, default_config, parse_config, replace
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "hooks/config.toml"

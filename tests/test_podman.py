@@ -179,7 +179,7 @@ def hook_env(tmp_path_factory, host) -> tuple[Path, list[str]]:
     """Our hook as an installed nvc would provide it, and the host-side variables it needs."""
     bindir = tmp_path_factory.mktemp("bin")
     hook = bindir / "nvidia-container-runtime-hook"
-    hook.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.hook \"$@\"\n")
+    hook.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.commands.hook \"$@\"\n")
     hook.chmod(0o755)
     config = tmp_path_factory.mktemp("etc") / "config.toml"
     config.write_text(f'[nvidia-container-cli]\nroot = "{host.root}"\n')

@@ -1,4 +1,4 @@
-from nvc.proc_driver import parse_device_majors, parse_mig_minors, parse_nvrm_version
+from nvc.host.proc_driver import parse_device_majors, parse_mig_minors, parse_nvrm_version
 
 
 def test_nvrm_version_proprietary_and_open():
@@ -21,7 +21,7 @@ def test_device_majors_char_section_only():
 
 
 def test_params_rewrite_only_touches_modify_device_files():
-    from nvc.proc_driver import rewrite_params
+    from nvc.host.proc_driver import rewrite_params
 
     text = "ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 1\nDeviceFileUID: 0\n"
     assert rewrite_params(text) == "ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 0\nDeviceFileUID: 0\n"
@@ -29,7 +29,7 @@ def test_params_rewrite_only_touches_modify_device_files():
 
 
 def test_proc_bus_id():
-    from nvc.proc_driver import proc_bus_id
+    from nvc.host.proc_driver import proc_bus_id
 
     assert proc_bus_id("00000000:3B:00.0") == "0000:3b:00.0"
     assert proc_bus_id("00010000:af:00.0") == "10000:af:00.0"

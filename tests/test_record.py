@@ -231,9 +231,12 @@ def _launcher_path() -> list[str]:
 
 
 HOOK_MODULES = (
-    "nvc.hook", "nvc.configure", "nvc.plan", "nvc.cgroups", "nvc.container_env", "nvc.container_fs",
-    "nvc.runtime_config", "nvc.ldcache", "nvc.ldcache.writer", "nvc.ldcache_update", "nvc.elf", "nvc.discovery",
-    "nvc.inventory", "nvc.inventory_cache", "nvc.driver_info", "nvc.device_select", "nvc.options", "nvc.sys.bpf",
+    "nvc.commands.hook", "nvc.commands.configure", "nvc.plan.planner", "nvc.apply.cgroups", "nvc.request.container_env",
+    "nvc.apply.container_fs",
+    "nvc.request.runtime_config", "nvc.host.ldcache", "nvc.host.ldcache.writer", "nvc.apply.ldcache_update",
+    "nvc.host.elf", "nvc.host.discovery",
+    "nvc.host.inventory", "nvc.host.inventory_cache", "nvc.driver_info", "nvc.request.device_select",
+    "nvc.request.options", "nvc.sys.bpf",
 )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from nvc.driver_info import DriverInfo, GpuInfo
 from nvc.errors import NvcError
-from nvc.requirements import (
+from nvc.request.requirements import (
     MAX_REQUIREMENTS,
     Condition,
     check_requirements,

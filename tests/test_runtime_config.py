@@ -6,7 +6,7 @@ import pytest
 
 from nvc.components import ALL_CAPABILITIES, Capability
 from nvc.errors import NvcError
-from nvc.runtime_config import (
+from nvc.request.runtime_config import (
     RuntimeConfig,
     config_file_path,
     default_config,
@@ -155,8 +155,8 @@ def test_values_and_unknown_keys():
 
 
 def test_cuda_compat_mode_unset_and_many_dots_in_values():
-    """NVIDIA reads cuda-compat-mode = "" as unset (nvc.container_request.cuda_compat_flag decides the flag), and
-    dots in values never count as key depth."""
+    """NVIDIA reads cuda-compat-mode = "" as unset (nvc.request.container_request.cuda_compat_flag decides the flag),
+    and dots in values never count as key depth."""
     dots = "/" + "a." * 300 + "so"
     config = parse_config(f'[nvidia-container-runtime.modes.legacy]\ncuda-compat-mode = ""\n'
                           f'[nvidia-container-cli]\nldcache = "{dots}"\nenvironment = ["A=B=C", "E="]\n',
@@ -296,6 +296,7 @@ def test_tomllib_not_imported_at_module_import():
     import subprocess
     import sys
 
-    code = "import sys, nvc.runtime_config, nvc.container_env; print('tomllib' in sys.modules, 'json' in sys.modules)"
+    code = ("import sys, nvc.request.runtime_config, nvc.request.container_env; print('tomllib' in sys.modules, 'json' "
+            "in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

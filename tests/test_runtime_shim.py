@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.errors import NvcError
-from nvc.runtime_shim import (
+from nvc.commands.runtime_shim import (
     add_prestart_hook,
     effective_mode,
     find_bundle,
@@ -23,6 +22,7 @@ from nvc.runtime_shim import (
     passthrough_runtimes,
     which,
 )
+from nvc.errors import NvcError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,9 +102,9 @@ def test_passthrough_runtimes_reads_only_the_list(tmp_path):
 
 
 def test_gvisor_capabilities_follow_runsc():
+    from nvc.commands.runtime_shim import _gvisor_capabilities
     from nvc.components import Capability
-    from nvc.container_env import GpuRequest
-    from nvc.runtime_shim import _gvisor_capabilities
+    from nvc.request.container_env import GpuRequest
 
     every = frozenset(Capability)
     gpu = GpuRequest(devices=("0",), capabilities=every)
@@ -130,9 +130,9 @@ def test_which(tmp_path):
 
 
 def test_shim_stays_import_light():
-    code = ("import sys, nvc.runtime_shim; "
-            "print(sorted(m for m in ('click', 'elftools', 'pynvml', 'tomllib', 'json', 'nvc.configure', "
-            "'nvc.runtime_config') if m in sys.modules))")
+    code = ("import sys, nvc.commands.runtime_shim; "
+            "print(sorted(m for m in ('click', 'elftools', 'pynvml', 'tomllib', 'json', 'nvc.commands.configure', "
+            "'nvc.request.runtime_config') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO))).stdout
     assert out.strip() == "[]"
@@ -176,7 +176,8 @@ class Shim:
         run_env = dict(self.env, **(env or {}))
         if bundle is not None:
             run_env["FAKE_RUNTIME_BUNDLE"] = str(bundle)
-        return subprocess.run([sys.executable, "-m", "nvc.runtime_shim", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "nvc.commands.runtime_shim", *args], capture_output=True,
+            text=True,
                               env=run_env, timeout=120, check=False)
 
     def argv(self) -> list[str]:
@@ -360,7 +361,8 @@ def _real_runtime_setup(host, tmp_path: Path, runtime: str, mode: str):
     front, low = tmp_path / "front", tmp_path / "low"
     front.mkdir()
     low.mkdir()
-    (front / runtime).write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.runtime_shim "$@"\n')
+    (front / runtime).write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvc.commands.runtime_shim '
+        f'"$@"\n')
     (low / runtime).write_text(f'#!/bin/sh\ncp -f {real_lib} {stub}.new && mv -f {stub}.new {stub}\n'
                                f'exec {real_runtime} "$@"\n')
     for script in (front / runtime, low / runtime):

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.errors import NvcError
-from nvc.setup_cdi import (
+from nvc.commands.setup_cdi import (
     apply_containerd_cdi,
     apply_docker_cdi,
     containerd_cdi_schema,
@@ -24,6 +23,7 @@ from nvc.setup_cdi import (
     installed_version,
     parse_version,
 )
+from nvc.errors import NvcError
 
 REPO = Path(__file__).resolve().parent.parent
 DIRS = ["/etc/cdi", "/var/run/cdi"]

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.errors import NvcError
-from nvc.setup_config import (
+from nvc.commands.setup_config import (
     RUNSC_GPU_CONFIG,
     apply_containerd,
     apply_docker,
@@ -32,6 +31,7 @@ from nvc.setup_config import (
     render_runsc_config,
     runsc_gpu_config,
 )
+from nvc.errors import NvcError
 
 SHIM = "/usr/bin/nvidia-container-runtime"
 CRI = "io.containerd.grpc.v1.cri"

@@ -1,5 +1,5 @@
 """The runtime shim's sh fast path (scripts/launchers/nvidia-container-runtime) and the pre-filter it shares with
-the hook (nvc/prefilter.py): it may send any call to Python, but must never let a GPU container past Python.
+the hook (nvc/commands/prefilter.py): it may send any call to Python, but must never let a GPU container past Python.
 
 The launcher runs for real under /bin/sh with the real grep; "Python" is a stand-in interpreter named in the `nvc`
 script's shebang, so each call shows which way it went: PYTHON (the Python shim would decide) or RUNTIME (the
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from nvc import prefilter
-from nvc.container_env import gpu_request_from_spec
+from nvc.commands import prefilter
+from nvc.commands.runtime_shim import find_bundle, find_command, passthrough_runtimes
 from nvc.errors import NvcError
-from nvc.runtime_config import RuntimeConfig, load_config, parse_config
-from nvc.runtime_shim import find_bundle, find_command, passthrough_runtimes
+from nvc.request.container_env import gpu_request_from_spec
+from nvc.request.runtime_config import RuntimeConfig, load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "scripts/launchers/nvidia-container-runtime"

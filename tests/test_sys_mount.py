@@ -126,7 +126,7 @@ def host_unchanged(tmp_path: Path) -> Iterator[Path]:
 def test_import_does_not_build_the_ffi() -> None:
     """Importing the layer (and container_fs) must not import cffi: commands that never mount stay fast."""
     code = (
-        "import sys, nvc.sys.mount, nvc.sys.namespaces, nvc.sys.openat2, nvc.container_fs;"
+        "import sys, nvc.sys.mount, nvc.sys.namespaces, nvc.sys.openat2, nvc.apply.container_fs;"
         "assert 'cffi' not in sys.modules, 'cffi imported eagerly';"
         "assert 'pycparser' not in sys.modules"
     )

@@ -2,7 +2,7 @@
 
 Host-side preparation happens first (reading /proc/driver/nvidia files, checking device nodes, opening a host
 ldconfig, adding device-cgroup rules: cgroupfs is a host path). Then we ``setns`` into the container's mount
-namespace (the process must be single-threaded), do every mount through :mod:`nvc.container_fs` — targets resolved
+namespace (the process must be single-threaded), do every mount through :mod:`nvc.apply.container_fs` — targets resolved
 inside the rootfs, never through a container-controlled symlink, mounted by fd — run ldconfig chrooted, and
 ``setns`` back. Any failure rolls back every mount and placeholder made so far and the cgroup rules, then raises.
 
@@ -19,7 +19,7 @@ import sys
 
 from nvc.debuglog import NULL_LOG, DebugLog
 from nvc.errors import NvcError
-from nvc.plan import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
+from nvc.plan.planner import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
 from nvc.sys.mount import unescape_mountinfo
 
 
@@ -39,7 +39,7 @@ def container_owner(pid: int | None) -> tuple[int, int]:
 
 def _read_proc_files(plan: Plan) -> dict[str, dict[str, bytes]]:
     """Contents for each tmpfs, read on the host side; ``params`` gets ModifyDeviceFiles: 0."""
-    from nvc.proc_driver import rewrite_params
+    from nvc.host.proc_driver import rewrite_params
 
     contents: dict[str, dict[str, bytes]] = {}
     for op in plan.of_type(Tmpfs):
@@ -169,7 +169,7 @@ def _fs_type(host_path: str, table: list[tuple[str, str]]) -> str | None:
 
 
 def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog, write_ldcache: bool) -> tuple[list[str], bool]:
-    from nvc.container_fs import open_root
+    from nvc.apply.container_fs import open_root
 
     warnings: list[str] = []
     skipped: set[str] = set()  # tmpfs targets not mounted: binds below them are skipped too
@@ -193,8 +193,8 @@ def _apply_mounts(plan: Plan, proc_contents, undo, log: DebugLog, write_ldcache:
 
 def _write_ldcache(root, plan: Plan, op: UpdateLdCache, undo, log: DebugLog) -> bool:
     """Write the container's cache in-process; True when done (or skipped as NVIDIA would), False → ldconfig."""
-    from nvc.ldcache_update import update_ldcache
-    from nvc.ldconfig_exec import DEFAULT_CANDIDATES
+    from nvc.apply.ldcache_update import update_ldcache
+    from nvc.apply.ldconfig_exec import DEFAULT_CANDIDATES
 
     # Without "@" NVIDIA runs the image's own ldconfig and leaves images that have none alone (static,
     # distroless, musl): so do we. With "@/host/ldconfig" the cache is always written.
@@ -279,11 +279,11 @@ def _apply_one(root, op, proc_contents, undo, log: DebugLog, warnings: list[str]
 
 def _load_namespace_code(ldconfig: bool, write_ldcache: bool) -> None:
     """Import, while we still see the host, every module the steps inside the container's namespace use."""
-    modules = ["nvc.container_fs"]
+    modules = ["nvc.apply.container_fs"]
     if ldconfig:
         modules.append("nvc.rootpath")  # run_ldconfig
     if ldconfig and write_ldcache:
-        modules += ["nvc.ldcache_update", "nvc.ldcache.writer", "nvc.elf", "nvc.atomic_write"]
+        modules += ["nvc.apply.ldcache_update", "nvc.host.ldcache.writer", "nvc.host.elf", "nvc.atomic_write"]
     for name in modules:
         __import__(name)
 
@@ -293,8 +293,8 @@ def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldca
 
     ``write_ldcache``: update the container's ld.so.cache in-process (falling back to ldconfig when its cache is
     not one we write); False runs ldconfig in the container as NVIDIA does."""
-    from nvc.container_fs import Undo
-    from nvc.ldconfig_exec import open_host_ldconfig, run_ldconfig
+    from nvc.apply.container_fs import Undo
+    from nvc.apply.ldconfig_exec import open_host_ldconfig, run_ldconfig
 
     uid, gid = container_owner(pid)
     proc_contents = _read_proc_files(plan)
@@ -306,7 +306,7 @@ def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldca
     try:
         rules = plan.of_type(CgroupAllow)
         if rules:
-            from nvc.cgroups import DeviceRule, allow_devices, detect_cgroup
+            from nvc.apply.cgroups import DeviceRule, allow_devices, detect_cgroup
 
             target = detect_cgroup(pid if pid is not None else os.getppid())
             cgroup_change = allow_devices(

@@ -2,10 +2,10 @@
 
 What NVIDIA's tool gets from running ``ldconfig`` in the container — the injected libraries in
 ``/etc/ld.so.cache`` and their SONAME links (``libcuda.so.1 -> libcuda.so.535.x``) — is computed here with
-:mod:`nvc.ldcache.writer`: the image's current cache merged with the new entries exactly as glibc's ldconfig
+:mod:`nvc.host.ldcache.writer`: the image's current cache merged with the new entries exactly as glibc's ldconfig
 orders and writes them. That saves a fork+exec+chroot (~8 ms) on every container start.
 
-Every file operation goes through the container's :class:`~nvc.container_fs.RootFs` (resolved inside the rootfs,
+Every file operation goes through the container's :class:`~nvc.apply.container_fs.RootFs` (resolved inside the rootfs,
 never following the image's symlinks out of it); the new cache is written to a temporary file in the image's
 ``/etc`` and renamed over ``ld.so.cache`` (a symlink there is replaced, not followed). A cache we cannot read as
 a glibc cache — corrupt, or in a layout we do not write — returns False: the caller falls back to ldconfig.
@@ -51,9 +51,9 @@ def _read_container_cache(root) -> bytes | None:
 def library_addition(source: str, target: str):
     """The cache entry ldconfig makes for one injected library: its DT_SONAME (the file name when it has none,
     as ldconfig does) and the ``libc6`` flags of its ABI class; None for a file ldconfig would not list."""
-    from nvc.elf import cache_arch_class, read_identity_and_soname
-    from nvc.ldcache import FLAG_ELF_LIBC6
-    from nvc.ldcache.writer import LibraryAddition
+    from nvc.host.elf import cache_arch_class, read_identity_and_soname
+    from nvc.host.ldcache import FLAG_ELF_LIBC6
+    from nvc.host.ldcache.writer import LibraryAddition
 
     identity, soname = read_identity_and_soname(source)
     arch = cache_arch_class(identity)
@@ -66,8 +66,8 @@ def merge_container_cache(existing: bytes | None, rootfs: str, additions, first_
     """The container's cache with ``additions`` merged in as a fresh ldconfig run would write it (command-line
     dirs ``first_dirs`` scanned first); a fresh cache when ``existing`` is None; None when ``existing`` is not a
     cache we can read (corrupt, foreign byte order)."""
-    from nvc.ldcache import LdCache, LdCacheError, parse_cache
-    from nvc.ldcache.writer import merge_libraries, serialize_cache
+    from nvc.host.ldcache import LdCache, LdCacheError, parse_cache
+    from nvc.host.ldcache.writer import merge_libraries, serialize_cache
 
     if existing is None:
         cache = LdCache(layout="new", entries=())
@@ -84,7 +84,7 @@ def merge_container_cache(existing: bytes | None, rootfs: str, additions, first_
 def search_dirs(rootfs: str, extra: Sequence[str]):
     """ldconfig's scan order: directories given on its command line first, then ld.so.conf, then system dirs;
     a directory seen again under another name keeps its first name."""
-    from nvc.ldcache.writer import SearchDirectory, ldconfig_search_dirs
+    from nvc.host.ldcache.writer import SearchDirectory, ldconfig_search_dirs
     from nvc.rootpath import resolve_in_root
 
     first = []
@@ -140,7 +140,7 @@ def _link(root, link: str, target: str, undo, log: DebugLog) -> None:
 def update_ldcache(root, rootfs: str, libraries: Sequence[tuple[str, str]], directories: Sequence[str], undo,
                    log: DebugLog) -> bool:
     """Merge ``libraries`` (host source, container path) into the container's cache; False → use ldconfig."""
-    from nvc.ldcache.writer import soname_links
+    from nvc.host.ldcache.writer import soname_links
 
     additions = [a for a in (library_addition(src, dst) for src, dst in libraries) if a is not None]
     payload = merge_container_cache(_read_container_cache(root), rootfs, additions, directories)

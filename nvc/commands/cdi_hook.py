@@ -11,13 +11,13 @@ the container's root is left to hooks. NVIDIA's spec runs four ``nvidia-cdi-hook
    major than the host driver, that directory goes first and its libraries into the cache (what NVIDIA's
    ``enable-cuda-compat`` + ldconfig achieve);
 2. computes the container's ld.so.cache: the image's cache with the injected libraries merged as glibc's ldconfig
-   would write it (:mod:`nvc.ldcache_update`; the SONAMEs were read once, by ``cdi generate``) — no ldconfig
+   would write it (:mod:`nvc.apply.ldcache_update`; the SONAMEs were read once, by ``cdi generate``) — no ldconfig
    exec, and so also right for an image that has no ldconfig of its own;
 3. creates the plan's links (``libcuda.so -> libcuda.so.1``...) and the SONAME links ldconfig would make, each
    directory resolved once for all its links, then writes the cache atomically (temp file + rename in the image's
    ``/etc``) -- unless the image's cache already is that one (a restarted container: nothing is rewritten).
 
-Every path is resolved inside the container root (:mod:`nvc.container_fs`'s user-space walk, the semantics of
+Every path is resolved inside the container root (:mod:`nvc.apply.container_fs`'s user-space walk, the semantics of
 ``openat2(RESOLVE_IN_ROOT)``: see :func:`_open_root`), so an image whose ``/etc`` or ``/usr/lib64`` is a symlink to
 a host path gets the file inside its own root, never on the host. All or nothing: any failure (a read-only root,
 a file where a link's directory should be) removes the links made so far and leaves the old cache; the start
@@ -114,7 +114,7 @@ def _link_pairs(values: list[str]) -> list[tuple[str, str]]:
 
 
 def _libraries(values: list[str]):
-    from nvc.ldcache.writer import LibraryAddition
+    from nvc.host.ldcache.writer import LibraryAddition
 
     additions = []
     for value in values:
@@ -142,7 +142,7 @@ def _driver_major(version: str | None) -> int | None:
 
 
 def _rootfs(flags: dict[str, list[str]]) -> str:
-    from nvc.hook import container_rootfs, load_spec, read_state
+    from nvc.commands.hook import container_rootfs, load_spec, read_state
 
     spec_file = flags.get("container-spec", [None])[-1]
     if spec_file:
@@ -159,7 +159,7 @@ def _rootfs(flags: dict[str, list[str]]) -> str:
 
 def _library_in_root(root, inner: str):
     """The cache entry ldconfig would make for the container file ``inner`` (read through a root-resolved fd)."""
-    from nvc.ldcache_update import library_addition
+    from nvc.apply.ldcache_update import library_addition
 
     try:
         fd = root.resolve_fd(inner, os.O_RDONLY | os.O_NONBLOCK)
@@ -249,7 +249,7 @@ def _os_message(exc: OSError) -> str:
 
 def _new_cache(root, additions, first_dirs) -> bytes | None:
     """The merged cache to write; None when the image's cache already is exactly that (a restarted container)."""
-    from nvc.ldcache_update import _read_container_cache, merge_container_cache
+    from nvc.apply.ldcache_update import _read_container_cache, merge_container_cache
 
     try:
         existing = _read_container_cache(root)
@@ -301,11 +301,11 @@ def apply(root, *, links: list[tuple[str, str]], additions: list, first_dirs: li
           compat_conf: str | None = None) -> None:
     """Make ``links`` and the SONAME links of ``additions``, then write the merged cache (unless the image's is
     that already); all or nothing."""
-    from nvc.container_fs import Undo
+    from nvc.apply.container_fs import Undo
 
     payload = None
     if write_cache:
-        from nvc.ldcache.writer import soname_links
+        from nvc.host.ldcache.writer import soname_links
 
         payload = _new_cache(root, additions, first_dirs)
         links = [*links, *((link, target) for link, target in soname_links(additions))]
@@ -341,12 +341,12 @@ def _write_in_root(root, inner: str, data: bytes, undo) -> None:
 
 
 def _open_root(rootfs: str):
-    """The container root, resolved in user space (:mod:`nvc.container_fs`'s walk: one ``O_NOFOLLOW`` component at a
-    time, symlinks re-rooted, ``..`` clamped) rather than by ``openat2``: the same answers for this hook's few paths
+    """The container root, resolved in user space (:mod:`nvc.apply.container_fs`'s walk: one ``O_NOFOLLOW`` component at
+    a time, symlinks re-rooted, ``..`` clamped) rather than by ``openat2``: the same answers for this hook's few paths
     without loading the FFI for one system call. What openat2 adds -- the kernel's check against a rename racing
     the walk -- guards against a process running in the root, and at ``createContainer`` none does yet: the
     runtime's own init waits for the hooks before it execs anything of the image."""
-    from nvc.container_fs import open_root
+    from nvc.apply.container_fs import open_root
 
     try:
         return open_root(rootfs, use_openat2=False)

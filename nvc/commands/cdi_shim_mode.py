@@ -8,8 +8,8 @@ and, with ``mode = "auto"``, when the request names CDI devices:
   annotation-prefixes`` (default ``cdi.k8s.io/``; the Kubernetes device plugin writes e.g. ``cdi.k8s.io/gpu:
   nvidia.com/gpu=0``) hold comma-separated fully qualified names; any other word there is an error. When no such
   annotation names a device, the container's request is read with NVIDIA's environment rules
-  (:func:`nvc.container_env.visible_devices`: ``NVIDIA_VISIBLE_DEVICES``, swarm variables, volume-mount requests,
-  the unprivileged-container rule): ``all``, indices, UUIDs and MIG names become ``<default-kind>=<name>``
+  (:func:`nvc.request.container_env.visible_devices`: ``NVIDIA_VISIBLE_DEVICES``, swarm variables, volume-mount
+  requests, the unprivileged-container rule): ``all``, indices, UUIDs and MIG names become ``<default-kind>=<name>``
   (``nvidia.com/gpu=0``), CDI names stay as they are, duplicates are dropped. ``void``, ``none`` or no request:
   the spec is left alone.
 * **When (auto).** ``auto`` takes this path when an annotation names CDI devices or every device of the request is
@@ -18,8 +18,8 @@ and, with ``mode = "auto"``, when the request names CDI devices:
   A malformed annotation fails the start in ``cdi`` mode and is no CDI request in ``auto``, where NVIDIA ignores
   annotations.)
 * **The edits.** The spec directories (``spec-dirs``, default ``/etc/cdi`` and ``/var/run/cdi``) are read with
-  :mod:`nvc.cdi.registry` and the edits applied with :mod:`nvc.cdi.inject`, exactly as podman or containerd would.
-  Then NVIDIA's legacy prestart hook is removed from the spec if something (docker ``--gpus``) put it there, and
+  :mod:`nvc.emit.cdi.registry` and the edits applied with :mod:`nvc.emit.cdi.inject`, exactly as podman or containerd
+  would. Then NVIDIA's legacy prestart hook is removed from the spec if something (docker ``--gpus``) put it there, and
   every ``NVIDIA_VISIBLE_DEVICES`` becomes ``void``: the devices are in the spec now, and a hook seeing the old
   value would inject a second time.
 
@@ -28,7 +28,7 @@ Errors (an unknown device, an unusable spec, a missing host node) fail the conta
 
 from __future__ import annotations
 
-from nvc.cdi import names as cdi_names
+from nvc.emit.cdi import names as cdi_names
 from nvc.errors import NvcError
 
 TYPE_CHECKING = False
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from nvc.debuglog import DebugLog
-    from nvc.runtime_config import RuntimeConfig
+    from nvc.request.runtime_config import RuntimeConfig
 
 CDI_MODE = "cdi"
 AUTO_MODE = "auto"
@@ -66,7 +66,7 @@ def annotation_devices(annotations: Any, prefixes: tuple[str, ...]) -> list[str]
 
 def requested_devices(spec: Mapping[str, Any], config: RuntimeConfig) -> tuple[list[str], bool]:
     """``(qualified names, whether the request named CDI devices explicitly)`` for this container."""
-    from nvc.container_env import is_privileged, parse_environment, visible_devices
+    from nvc.request.container_env import is_privileged, parse_environment, visible_devices
 
     cdi = config.runtime.modes.cdi
     from_annotations = annotation_devices(spec.get("annotations"), cdi.annotation_prefixes)
@@ -129,8 +129,8 @@ def spec_with_cdi_devices(
     spec: Mapping[str, Any], devices: list[str], config: RuntimeConfig, log: DebugLog | None = None
 ) -> dict[str, Any]:
     """``spec`` with the CDI edits of ``devices`` applied (module docstring); the input is not modified."""
-    from nvc.cdi.inject import apply_cdi_edits
-    from nvc.cdi.registry import load_registry
+    from nvc.emit.cdi.inject import apply_cdi_edits
+    from nvc.emit.cdi.registry import load_registry
 
     registry = load_registry(config.runtime.modes.cdi.spec_dirs)
     if log is not None:

@@ -11,10 +11,10 @@ import sys
 
 import click
 
-from nvc import argv as grammar
-from nvc.argv import prog_name as _prog_name
 from nvc.errors import NvcError
-from nvc.options import GlobalOptions
+from nvc.request import argv as grammar
+from nvc.request.argv import prog_name as _prog_name
+from nvc.request.options import GlobalOptions
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -25,7 +25,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 def _click_option(opt: grammar.Opt):
-    """One click option from the grammar's data (nvc.argv): the same names, parameter, kind, default and help."""
+    """One click option from the grammar's data (nvc.request.argv): the same names, parameter, kind, default and
+    help."""
     kwargs: dict = {"help": opt.help}
     if opt.metavar:
         kwargs["metavar"] = opt.metavar
@@ -78,8 +79,8 @@ def _write(text: str) -> None:
 @click.pass_obj
 def info(opts: GlobalOptions, as_csv: bool, as_json: bool) -> None:
     """Report information about the driver and devices."""
-    from nvc.inventory import query_nvml
-    from nvc.listing import format_info_csv, format_info_text, format_json, info_json
+    from nvc.emit.listing import format_info_csv, format_info_text, format_json, info_json
+    from nvc.host.inventory import query_nvml
 
     # Always the driver's own answer, never the NVML cache's: `info` is what people run on a broken host.
     driver = query_nvml(opts.root, opts.ldcache, opts.user, load_kmods=opts.load_kmods, use_cache=False)
@@ -96,8 +97,8 @@ def info(opts: GlobalOptions, as_csv: bool, as_json: bool) -> None:
 @click.pass_obj
 def list_(opts: GlobalOptions, as_json: bool, **options) -> None:
     """List driver components (device nodes, binaries, libraries, IPCs, firmware)."""
-    from nvc.inventory import build_inventory
-    from nvc.listing import ListRequest, format_json, format_list_text, select_list_items
+    from nvc.emit.listing import ListRequest, format_json, format_list_text, select_list_items
+    from nvc.host.inventory import build_inventory
 
     request = ListRequest(**{k: tuple(v) if isinstance(v, tuple) else v for k, v in options.items()})
     # A diagnosis command like `info` (NVIDIA's has no cache at all): NVML is asked now, so the device nodes listed
@@ -129,7 +130,7 @@ def configure(opts: GlobalOptions, rootfs: str | None, pid: int | None, dry_run:
 def oci_edits(opts: GlobalOptions, rootfs: str | None, ldcache_out: str | None, **options) -> None:
     """Print the OCI spec edits (mounts, devices, cgroup rules, env) that give ROOTFS the driver: for runtimes
     without hook support such as gVisor's runsc (nvc extension)."""
-    from nvc.oci_edits import oci_edits_command
+    from nvc.emit.oci_edits import oci_edits_command
 
     text, notes = oci_edits_command(opts, grammar.configure_request(rootfs, options), ldcache_out)
     for note in notes:
@@ -142,7 +143,7 @@ def oci_edits(opts: GlobalOptions, rootfs: str | None, ldcache_out: str | None, 
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def runtime(args: tuple[str, ...]) -> None:
     """nvidia-container-runtime: edit a GPU container's spec on create/run, then exec runc/crun/runsc."""
-    from nvc.runtime_shim import main as shim_main
+    from nvc.commands.runtime_shim import main as shim_main
 
     code = shim_main(list(args))
     if code:
@@ -154,7 +155,7 @@ def runtime(args: tuple[str, ...]) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def hook(args: tuple[str, ...]) -> None:
     """The OCI hook (same as nvidia-container-runtime-hook): [-config FILE] [-debug] STAGE."""
-    from nvc.hook import main as hook_main
+    from nvc.commands.hook import main as hook_main
 
     code = hook_main(list(args))
     if code:
@@ -166,7 +167,7 @@ def hook(args: tuple[str, ...]) -> None:
 @click.pass_obj
 def ldcache(opts: GlobalOptions, cache_file: str | None) -> None:
     """Print an ld.so.cache exactly as `ldconfig -p` does (nvc extension)."""
-    from nvc.ldcache import LdCacheError, format_cache, read_cache
+    from nvc.host.ldcache import LdCacheError, format_cache, read_cache
     from nvc.rootpath import host_path, resolve_in_root
 
     if cache_file is None:
@@ -210,10 +211,10 @@ def setup_containerd(runtime, runsc_config_path, cdi, containerd_version, config
                      shim_path, set_default, host_root, dry_run) -> None:
     """Add a GPU runtime to containerd's config.toml (runsc: io.containerd.runsc.v1 with nvproxy), or with --cdi
     let containerd read the CDI specs itself."""
-    from nvc import setup_config as sc
+    from nvc.commands import setup_config as sc
 
     if cdi:
-        from nvc.setup_cdi import apply_containerd_cdi
+        from nvc.commands.setup_cdi import apply_containerd_cdi
 
         change = apply_containerd_cdi(config_path or sc.CONTAINERD_CONFIG, containerd_version, dry_run=dry_run,
                                       root=host_root)
@@ -237,10 +238,10 @@ def setup_docker(runtime, cdi, docker_version, config_path, runtime_name, runsc_
                  host_root, dry_run) -> None:
     """Add a GPU runtime to docker's daemon.json (runsc: --nvproxy --nvproxy-docker), or with --cdi turn on
     docker's CDI feature."""
-    from nvc import setup_config as sc
+    from nvc.commands import setup_config as sc
 
     if cdi:
-        from nvc.setup_cdi import apply_docker_cdi
+        from nvc.commands.setup_cdi import apply_docker_cdi
 
         change = apply_docker_cdi(config_path or sc.DOCKER_DAEMON_CONFIG, docker_version, dry_run=dry_run,
                                   root=host_root)
@@ -263,11 +264,11 @@ def cdi() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print names, their spec files and problems as JSON.")
 def cdi_list(spec_dirs: tuple[str, ...], as_json: bool) -> None:
     """Print the fully qualified CDI device names the spec directories define, one per line."""
-    from nvc.cdi.registry import DEFAULT_SPEC_DIRS, load_registry, registry_to_json
+    from nvc.emit.cdi.registry import DEFAULT_SPEC_DIRS, load_registry, registry_to_json
 
     registry = load_registry(spec_dirs or DEFAULT_SPEC_DIRS)
     if as_json:
-        from nvc.listing import format_json
+        from nvc.emit.listing import format_json
 
         _write(format_json(registry_to_json(registry)))
     else:
@@ -287,13 +288,13 @@ def cdi_list(spec_dirs: tuple[str, ...], as_json: bool) -> None:
 @click.pass_obj
 def doctor(opts: GlobalOptions, as_json: bool, host_root: str | None, runtime_path: str | None, probe: bool) -> None:
     """Check this host's GPU container setup (driver, containerd, docker, runsc, hooks) and say how to fix it."""
-    from nvc.doctor import DoctorPaths, diagnose, findings_to_json, format_findings, has_errors
+    from nvc.commands.doctor import DoctorPaths, diagnose, findings_to_json, format_findings, has_errors
 
     paths = DoctorPaths(root=_doctor_root(opts.root, host_root), ldcache=opts.ldcache, probe=probe,
                         **({"runtime_path": runtime_path} if runtime_path else {}))
     findings = diagnose(paths)
     if as_json:
-        from nvc.listing import format_json
+        from nvc.emit.listing import format_json
 
         _write(format_json(findings_to_json(findings)))
     else:
@@ -325,8 +326,8 @@ def doctor(opts: GlobalOptions, as_json: bool, host_root: str | None, runtime_pa
 def cdi_generate(opts: GlobalOptions, output, spec_format, driver_root, dev_root, strategies, vendor, device_class,
                  hook_path, capabilities, mode, annotations) -> None:
     """Write a CDI spec for this host's GPUs (nvidia-ctk cdi generate's options)."""
-    from nvc.cdi.generate import DEFAULT_STRATEGIES, GenerateRequest, generate_spec, parse_capabilities
-    from nvc.cdi.spec import dump, format_for, write_spec
+    from nvc.emit.cdi.generate import DEFAULT_STRATEGIES, GenerateRequest, generate_spec, parse_capabilities
+    from nvc.emit.cdi.spec import dump, format_for, write_spec
 
     request = GenerateRequest(
         driver_root=os.path.abspath(driver_root or opts.root), dev_root=dev_root and os.path.abspath(dev_root),
@@ -360,7 +361,7 @@ def _doctor_root(global_root: str, doctor_root: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of both console scripts: the click-free fast path (nvc.argv) for configure and --version,
+    """Entry point of both console scripts: the click-free fast path (nvc.request.argv) for configure and --version,
     click for everything else."""
     return grammar.main(argv)
 

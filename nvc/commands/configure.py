@@ -9,31 +9,31 @@ from __future__ import annotations
 
 import os
 
-from nvc.device_select import imex_channel_numbers, mig_option_enabled, select_devices
 from nvc.errors import NvcError
 from nvc.record import replace
-from nvc.request import ConfigureRequest
+from nvc.request.configure_request import ConfigureRequest
+from nvc.request.device_select import imex_channel_numbers, mig_option_enabled, select_devices
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from nvc.debuglog import DebugLog
-    from nvc.options import GlobalOptions
-    from nvc.plan import Plan
+    from nvc.plan.planner import Plan
+    from nvc.request.options import GlobalOptions
 
 
 def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
     """Everything up to the plan: NVML, device selection, requirements, image layout."""
-    from nvc.container_layout import inspect_rootfs
-    from nvc.inventory import build_inventory
-    from nvc.plan import plan_configure
+    from nvc.host.inventory import build_inventory
+    from nvc.plan.planner import plan_configure
+    from nvc.request.container_layout import inspect_rootfs
 
     requirements = None
     if request.requirements:  # most containers have none: keep the expression parser off the hot path
-        from nvc.requirements import parse_requirements
+        from nvc.request.requirements import parse_requirements
 
         requirements = parse_requirements(request.requirements)
     if request.gvisor:
-        from nvc.gvisor import check_capabilities
+        from nvc.request.gvisor import check_capabilities
 
         check_capabilities(request.capabilities)
     if not os.path.isdir(request.rootfs):
@@ -43,11 +43,11 @@ def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
     assert driver is not None  # build_inventory raises when NVML fails unless asked not to
     selection = select_devices(request.devices, driver.gpus)
     if request.gvisor:
-        from nvc.gvisor import check_minors
+        from nvc.request.gvisor import check_minors
 
         check_minors([gpu.minor for gpu in selection.gpus])
     if requirements is not None:
-        from nvc.requirements import check_requirements
+        from nvc.request.requirements import check_requirements
 
         check_requirements(requirements, driver, selection.gpus)
     mig_config = mig_option_enabled(request.mig_config, selection.gpus)
@@ -75,22 +75,22 @@ def configure_container(
     opts: GlobalOptions, request: ConfigureRequest, dry_run: bool = False, log: DebugLog | None = None
 ) -> list[str]:
     """Run configure; returns lines to print (the plan for ``--dry-run``, warnings otherwise)."""
-    from nvc.plan import describe
+    from nvc.plan.planner import describe
 
     if not dry_run and os.geteuid() != 0:
         raise NvcError("permission", "superuser privileges required (configure mounts into the container)")
     if request.pid is not None:
         _check_alive(request.pid)
     if not request.gvisor:
-        from nvc.gvisor import is_gofer
+        from nvc.request.gvisor import is_gofer
 
         if is_gofer(request.pid):
             request = replace(request, gvisor=True, no_cgroups=True)
     plan = build_plan(opts, request)
     if dry_run:
         return [describe(op) for op in plan.operations]
+    from nvc.apply.executor import apply_plan
     from nvc.debuglog import DebugLog
-    from nvc.executor import apply_plan
 
     exec_ldconfig = request.exec_ldconfig or os.environ.get("NVC_EXEC_LDCONFIG", "") not in ("", "0")
     return apply_plan(plan, request.pid, log or DebugLog(opts.debug), write_ldcache=not exec_ldconfig)

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nvc.doctor_gvisor import check_platforms, check_runsc_flags, driver_fix, probe_platform, supported_drivers
-from nvc.setup_config import (
+from nvc.commands.doctor_gvisor import check_platforms, check_runsc_flags, driver_fix, probe_platform, supported_drivers
+from nvc.commands.setup_config import (
     CONTAINERD_CONFIG,
     CRI_PLUGIN,
     DOCKER_DAEMON_CONFIG,
@@ -137,7 +137,8 @@ class DoctorPaths:
     runtime_path: str = SERVICE_PATH
     proc_driver_version: str = "/proc/driver/nvidia/version"
     ldcache: str = "/etc/ld.so.cache"  # the root's ld.so.cache, through which the driver libraries are found
-    driver_checks: bool = True  # run nvc.doctor_driver's checks (kernel module, libraries, NVML, nvidia-smi, /dev)
+    # run nvc.commands.doctor_driver's checks (kernel module, libraries, NVML, nvidia-smi, /dev)
+    driver_checks: bool = True
     proc_devices: str = "/proc/devices"
     dev_dir: str = "/dev"
     run: Callable[[Sequence[str]], CommandResult | None] = run_command
@@ -198,7 +199,7 @@ class _Context:
         return self._runsc_version[runsc]
 
     def runsc_release(self, runsc: str | None) -> int | None:
-        from nvc.gvisor_drivers import parse_runsc_release
+        from nvc.host.gvisor_drivers import parse_runsc_release
 
         result = self.runsc_version(runsc) if runsc else None
         if result is None or result.returncode != 0:
@@ -548,7 +549,7 @@ def _check_containerd_runsc(
 
 
 def _no_nvproxy_finding(ctx: _Context, where: str, runsc: str | None, config: str, fix: str) -> Finding:
-    from nvc.gvisor_drivers import NVPROXY_AUTO_RELEASE
+    from nvc.host.gvisor_drivers import NVPROXY_AUTO_RELEASE
 
     release = ctx.runsc_release(runsc)
     automatic = release is not None and release >= NVPROXY_AUTO_RELEASE
@@ -763,7 +764,7 @@ def _check_hooks_dirs(ctx: _Context) -> list[Finding]:
 
 
 def _check_runsc_binaries(ctx: _Context) -> list[Finding]:
-    from nvc.gvisor_drivers import NVPROXY_FIRST_RELEASE
+    from nvc.host.gvisor_drivers import NVPROXY_FIRST_RELEASE
 
     findings = []
     seen = set()
@@ -858,14 +859,14 @@ def _check_cli(ctx: _Context) -> list[Finding]:
 
 
 def _check_driver(ctx: _Context) -> list[Finding]:
-    from nvc.gvisor_drivers import driver_support
-    from nvc.proc_driver import parse_nvrm_version
+    from nvc.host.gvisor_drivers import driver_support
+    from nvc.host.proc_driver import parse_nvrm_version
 
     paths = ctx.paths
     gvisor = [r for r in ctx.gpu_runtimes if r.kind == "runsc"]
     text = paths.read(paths.proc_driver_version)
     if text is None:
-        return []  # nvc.doctor_driver reports the missing kernel module, whatever else is set up
+        return []  # nvc.commands.doctor_driver reports the missing kernel module, whatever else is set up
     host_version = parse_nvrm_version(text)
     if host_version is None:
         return [
@@ -919,7 +920,7 @@ def _check_driver(ctx: _Context) -> list[Finding]:
                     "driver.gvisor-unknown",
                 )
             )
-    return findings  # the version itself: nvc.doctor_driver's kernel-module finding
+    return findings  # the version itself: nvc.commands.doctor_driver's kernel-module finding
 
 
 # Which /proc/devices names own a node: 195 is "nvidia-frontend" (older drivers) or "nvidia"; the rest are dynamic.
@@ -941,7 +942,7 @@ def _node_owners(name: str) -> tuple[str, ...] | None:
 
 
 def _check_device_nodes(ctx: _Context) -> list[Finding]:
-    from nvc.proc_driver import parse_device_majors
+    from nvc.host.proc_driver import parse_device_majors
 
     paths = ctx.paths
     devices_text = paths.read(paths.proc_devices)
@@ -1022,7 +1023,7 @@ def _some(items: list[str], limit: int = 6) -> str:
 
 def diagnose(paths: DoctorPaths | None = None) -> list[Finding]:
     """Run every check; findings in check order (configs, hooks, runsc, CLI, driver, device nodes, CDI, then
-    :mod:`nvc.doctor_driver`'s driver chain, run whatever else is set up)."""
+    :mod:`nvc.commands.doctor_driver`'s driver chain, run whatever else is set up)."""
     ctx = _Context(paths or DoctorPaths())
     findings = _check_containerd(ctx)
     findings += _check_docker(ctx)
@@ -1032,9 +1033,10 @@ def diagnose(paths: DoctorPaths | None = None) -> list[Finding]:
     findings += _check_cli(ctx)
     findings += _check_driver(ctx)
     findings += _check_device_nodes(ctx)
-    from nvc.doctor_cdi import check_cdi
+    from nvc.commands.doctor_cdi import check_cdi
 
-    cdi = check_cdi(ctx.paths, ctx.shim_config())  # CDI specs and the runtimes reading them (nvc/doctor_cdi.py)
+    # CDI specs and the runtimes reading them (nvc/commands/doctor_cdi.py)
+    cdi = check_cdi(ctx.paths, ctx.shim_config())
     findings += cdi
     cdi_on = any(f.check == "cdi.enabled" for f in cdi)
     if not ctx.gpu_runtimes and not cdi_on and not any(f.severity == "error" for f in findings):
@@ -1049,7 +1051,7 @@ def diagnose(paths: DoctorPaths | None = None) -> list[Finding]:
             )
         )
     if ctx.paths.driver_checks:
-        from nvc.doctor_driver import check_driver
+        from nvc.commands.doctor_driver import check_driver
 
         findings += check_driver(ctx.paths)
     return findings

@@ -17,8 +17,8 @@ host; nothing re-checks it at container start. So:
   directory wins (warning: usually a forgotten copy in ``/etc/cdi`` under a generated ``/var/run/cdi`` one).
 * **Unusable spec files or directories** (invalid, a symlink, world-writable): left out by every consumer.
 
-Everything is read under :class:`nvc.doctor.DoctorPaths` ``root`` (a fixture tree reproduces a host); nothing is
-run or written.
+Everything is read under :class:`nvc.commands.doctor.DoctorPaths` ``root`` (a fixture tree reproduces a host); nothing
+is run or written.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import os
 import tomllib
 from typing import TYPE_CHECKING, Any
 
-from nvc.cdi.registry import DEFAULT_SPEC_DIRS, Registry, load_registry
-from nvc.setup_config import CRI_PLUGIN
+from nvc.commands.setup_config import CRI_PLUGIN
+from nvc.emit.cdi.registry import DEFAULT_SPEC_DIRS, Registry, load_registry
 
 if TYPE_CHECKING:
-    from nvc.doctor import DoctorPaths, Finding
+    from nvc.commands.doctor import DoctorPaths, Finding
 
 ANNOTATION_DRIVER_VERSION = "nvc/driver-version"
 HOST_DRIVER_VERSION_FLAG = "--host-driver-version"
@@ -42,7 +42,7 @@ GENERATE_FIX = ("`nvc cdi generate --output {path}`; to keep it true, install ho
 
 
 def _finding(severity: str, what: str, why: str = "", fix: str = "", check: str = "") -> Finding:
-    from nvc.doctor import Finding
+    from nvc.commands.doctor import Finding
 
     return Finding(severity, what, why, fix, check)
 
@@ -111,7 +111,7 @@ def _missing_files(paths: DoctorPaths, spec: Any) -> list[str]:
 
 
 def _loaded_driver(paths: DoctorPaths) -> str | None:
-    from nvc.proc_driver import parse_nvrm_version
+    from nvc.host.proc_driver import parse_nvrm_version
 
     text = paths.read(paths.proc_driver_version)
     return parse_nvrm_version(text) if text else None

@@ -8,7 +8,7 @@ on one link of the chain a container start walks, all read under :attr:`DoctorPa
 1. the kernel module: ``/proc/driver/nvidia/version`` (the version it reports);
 2. the driver libraries, found as nvc finds them: through the root's ld.so.cache (``libnvidia-ml.so.1``,
    ``libcuda.so.1``), and whether their version matches the kernel module's;
-3. NVML: started exactly as ``nvc info`` starts it (the confined, chrooted helper of :mod:`nvc.nvml` with its
+3. NVML: started exactly as ``nvc info`` starts it (the confined, chrooted helper of :mod:`nvc.host.nvml` with its
    timeout), never answered from the NVML cache, so a failure *now* is seen even while containers still start
    from a cached answer;
 4. ``nvidia-smi``: the file a container asking for ``utility`` would get (the first of the PATH directories, inside
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nvc import components as comp
-from nvc.doctor import DoctorPaths, Finding
+from nvc.commands.doctor import DoctorPaths, Finding
 from nvc.driver_info import DriverInfo
 from nvc.errors import NvcError
 
@@ -61,7 +61,7 @@ def check_driver(paths: DoctorPaths, ask_nvml: Callable[[str, str], DriverInfo] 
 
 
 def _check_kernel_module(paths: DoctorPaths) -> tuple[list[Finding], str | None]:
-    from nvc.proc_driver import parse_nvrm_version
+    from nvc.host.proc_driver import parse_nvrm_version
 
     where = paths.host(paths.proc_driver_version)
     text = paths.read(paths.proc_driver_version)
@@ -92,8 +92,8 @@ def _check_kernel_module(paths: DoctorPaths) -> tuple[list[Finding], str | None]
 
 
 def _check_libraries(paths: DoctorPaths, module_version: str | None) -> tuple[list[Finding], _Libraries]:
-    from nvc.discovery import NVML_SONAME, load_ldcache, version_from_library_name
-    from nvc.ldcache import host_arch_classes
+    from nvc.host.discovery import NVML_SONAME, load_ldcache, version_from_library_name
+    from nvc.host.ldcache import host_arch_classes
 
     none = _Libraries(None, None, None)
     try:
@@ -153,14 +153,14 @@ def _check_libraries(paths: DoctorPaths, module_version: str | None) -> tuple[li
 
 def _cache_lookup(cache, driver_root: str, soname: str, arch_class: int) -> str | None:
     """In-root real path of the last cache entry for ``soname`` whose file exists (nvc's own rule for NVML)."""
-    from nvc.discovery import find_nvml_library
+    from nvc.host.discovery import find_nvml_library
 
     if soname == "libnvidia-ml.so.1":
         try:
             return find_nvml_library(cache, driver_root, arch_class)
         except NvcError:
             return None
-    from nvc.ldcache import FLAG_ARCH_MASK, FLAG_ELF
+    from nvc.host.ldcache import FLAG_ARCH_MASK, FLAG_ELF
     from nvc.rootpath import RootPathError, host_path, resolve_in_root
 
     found = None
@@ -180,7 +180,7 @@ def _cache_lookup(cache, driver_root: str, soname: str, arch_class: int) -> str 
 
 
 def _query_nvml(driver_root: str, library: str) -> DriverInfo:
-    from nvc.inventory import query_nvml
+    from nvc.host.inventory import query_nvml
 
     return query_nvml(driver_root, library=library, use_cache=False)
 
@@ -239,7 +239,7 @@ def _check_nvml(paths: DoctorPaths, libraries: _Libraries,
 
 
 def _check_nvidia_smi(paths: DoctorPaths) -> list[Finding]:
-    from nvc.discovery import find_binaries
+    from nvc.host.discovery import find_binaries
 
     smi = next((b for b in find_binaries(paths.root) if b.name == "nvidia-smi"), None)
     if smi is None:

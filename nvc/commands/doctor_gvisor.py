@@ -6,7 +6,7 @@ and its own default platform, and a mismatch with any of them fails every GPU sa
 
 * :func:`supported_drivers` runs ``runsc nvproxy list-supported-drivers``; when that cannot answer (a release
   without the command, a broken binary) the caller falls back to nvc's copy of the table
-  (:mod:`nvc.gvisor_drivers`) and says why in the finding.
+  (:mod:`nvc.host.gvisor_drivers`) and says why in the finding.
 * :func:`check_runsc_flags` compares the flags a GPU runtime passes (``[runsc_config]`` keys, docker's
   ``runtimeArgs``) with what ``runsc flags`` lists: gVisor's shim turns every ``[runsc_config]`` key into a flag.
 * :func:`check_platforms`: which platform the runtime uses (its ``platform`` flag, else the binary's default read
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from nvc.doctor import DoctorPaths, Finding, _Context
+    from nvc.commands.doctor import DoctorPaths, Finding, _Context
 
 PROBE_TIMEOUT = 10.0
 _FLAG_LINE = re.compile(r"^\s+-([A-Za-z0-9_.-]+)")
@@ -36,7 +36,7 @@ _LOG_PREFIX = re.compile(r"^[DIWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ")
 
 def supported_drivers(paths: DoctorPaths, runsc: str | None) -> tuple[frozenset[str] | None, str]:
     """``runsc nvproxy list-supported-drivers`` as a set, or ``None`` and why it could not be read."""
-    from nvc.gvisor_drivers import parse_supported_drivers
+    from nvc.host.gvisor_drivers import parse_supported_drivers
 
     if not runsc:
         return None, "no runsc binary found"
@@ -57,7 +57,7 @@ def supported_drivers(paths: DoctorPaths, runsc: str | None) -> tuple[frozenset[
 
 def driver_fix(version: str, runsc: str | None, listed: frozenset[str] | None) -> str:
     """The fix for an unsupported driver: a supported driver first; forcing the ABI only at the user's risk."""
-    from nvc.gvisor_drivers import SUPPORTED_DRIVER_VERSIONS
+    from nvc.host.gvisor_drivers import SUPPORTED_DRIVER_VERSIONS
 
     table = listed or SUPPORTED_DRIVER_VERSIONS
     source = "this runsc's list" if listed else "nvc's copy of gVisor's table"
@@ -99,7 +99,7 @@ def default_platform(help_text: str) -> str | None:
 
 def check_runsc_flags(ctx: _Context) -> list[Finding]:
     """Every flag a GPU runtime hands runsc must be one this runsc knows, or no sandbox starts."""
-    from nvc.doctor import Finding
+    from nvc.commands.doctor import Finding
 
     findings = []
     for runtime in ctx.gpu_runtimes:
@@ -122,7 +122,7 @@ def check_runsc_flags(ctx: _Context) -> list[Finding]:
 
 def check_platforms(ctx: _Context) -> list[Finding]:
     """The platform each GPU runsc runtime uses: probed with a real sandbox under ``--probe``, else judged."""
-    from nvc.doctor import Finding
+    from nvc.commands.doctor import Finding
 
     findings = []
     seen: set[tuple[str, str]] = set()

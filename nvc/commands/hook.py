@@ -2,10 +2,10 @@
 
 ``nvidia-container-runtime-hook [-config FILE] [-debug] prestart|createRuntime|poststart|poststop``: read
 config.toml, then the container state from stdin, then ``<bundle>/config.json``; decide from the container's
-environment whether it is a GPU container and what it gets (:mod:`nvc.container_env`); then configure it in this
+environment whether it is a GPU container and what it gets (:mod:`nvc.request.container_env`); then configure it in this
 very process — no second interpreter, no exec of a CLI — unless ``[nvidia-container-cli] path`` names an external
 CLI, which is then exec'd with NVIDIA's argv. Both paths carry out one decision (:func:`plan_hook`, a
-:class:`~nvc.container_request.CliInvocation`), so each config key means the same on both. The container's
+:class:`~nvc.request.container_request.CliInvocation`), so each config key means the same on both. The container's
 environment is only ever *read*: nothing from it reaches a process we start. Not a GPU container → exit 0, nothing
 done; a malformed input → one ``input error`` line and exit 1.
 
@@ -131,10 +131,10 @@ def container_rootfs(state: dict, spec: dict, bundle: str) -> str:
 
 def plan_hook(config, state: dict, spec: dict, bundle: str, *, debug_flag: bool = False):
     """What NVIDIA's hook decides for this container, in its order, without acting: None for a container that
-    asks for no GPU, else the :class:`~nvc.container_request.CliInvocation` both of our paths carry out. Raises
+    asks for no GPU, else the :class:`~nvc.request.container_request.CliInvocation` both of our paths carry out. Raises
     ``NvcError`` with NVIDIA's message where NVIDIA's hook refuses (the environment rules, the runtime mode)."""
-    from nvc.container_env import check_hook_mode, gpu_request_from_spec
-    from nvc.container_request import cli_argv, cli_invocation
+    from nvc.request.container_env import check_hook_mode, gpu_request_from_spec
+    from nvc.request.container_request import cli_argv, cli_invocation
 
     gpu = gpu_request_from_spec(spec, config)
     if gpu is None:
@@ -150,7 +150,7 @@ def plan_hook(config, state: dict, spec: dict, bundle: str, *, debug_flag: bool 
 
 def exec_argv(config, invocation) -> list[str] | None:
     """The argv to exec when ``[nvidia-container-cli] path`` names a CLI; None: the CLI runs in this process."""
-    from nvc.container_request import cli_argv
+    from nvc.request.container_request import cli_argv
 
     return cli_argv(config.cli.path, config, invocation) if config.cli.path else None
 
@@ -169,8 +169,8 @@ def safe_environment(environ) -> dict[str, str]:
 
 def open_debug_log(target: str | None):
     """The hook's log, written where the CLI's ``--debug`` goes: stderr itself for ``-debug``."""
-    from nvc.container_request import DEBUG_FLAG_TARGET
     from nvc.debuglog import DebugLog
+    from nvc.request.container_request import DEBUG_FLAG_TARGET
 
     if target == DEBUG_FLAG_TARGET:
         return DebugLog(None, stream=sys.stderr)
@@ -180,13 +180,13 @@ def open_debug_log(target: str | None):
 def prepare_hook(config_path: str | None, debug: bool, stdin, environ):
     """Everything NVIDIA's hook reads and decides, in its order, before it acts: (config, debug log, invocation or
     None). Every malformed input (config.toml, the state on stdin, config.json) ends here as one ``NvcError``."""
-    from nvc.container_request import debug_target
-    from nvc.runtime_config import load_config
+    from nvc.request.container_request import debug_target
+    from nvc.request.runtime_config import load_config
 
     config = load_config(config_path, environ)
     log = open_debug_log(debug_target(config, debug))
     if log.enabled:
-        from nvc.config_keys import ignored_settings
+        from nvc.request.config_keys import ignored_settings
 
         for line in ignored_settings(config):
             log.warning(line, where="hook")
@@ -205,13 +205,13 @@ def run_hook(argv: list[str], stdin, environ) -> int:
     config, log, invocation = prepare_hook(config_path, debug, stdin, environ)
     if invocation is None:
         if not log.enabled:  # the launcher's pre-filter may skip the next such container (a debug log sees all)
-            from nvc.prefilter import remember_hook_config
+            from nvc.commands.prefilter import remember_hook_config
 
             remember_hook_config(config_path, environ, config)
         log.info("not a GPU container: nothing to do", where="hook")
         return 0
     request = invocation.request
-    from nvc.gvisor import SANDBOX_NAME, process_name
+    from nvc.request.gvisor import SANDBOX_NAME, process_name
 
     if process_name(request.pid) == SANDBOX_NAME:
         raise NvcError(
@@ -231,7 +231,7 @@ def run_hook(argv: list[str], stdin, environ) -> int:
     # In-process, this process is the CLI: the environment the exec'd CLI would get is this process's
     # (os.environ writes through to the C environment, so the NVML helper and anything exec'd inherit it too).
     os.environ.update(invocation.environment)
-    from nvc.configure import configure_container
+    from nvc.commands.configure import configure_container
 
     for line in configure_container(invocation.options, request, log=log):
         print(line, file=sys.stderr)

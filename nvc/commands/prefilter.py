@@ -1,9 +1,9 @@
 """Deciding cheaply, before any rule runs, that a container cannot be a GPU container: a conservative pre-filter.
 
 Every container on a GPU node goes through the runtime shim, and every container whose runtime has our hook goes
-through the hook, GPU or not. NVIDIA's rules (:mod:`nvc.container_env`) decide from the parsed ``config.json`` and
-config.toml; this module only answers "surely not a GPU container" or "maybe": a ``config.json`` that contains
-none of :func:`markers_for`'s strings cannot make :func:`nvc.container_env.gpu_request_from_spec` return a
+through the hook, GPU or not. NVIDIA's rules (:mod:`nvc.request.container_env`) decide from the parsed ``config.json``
+and config.toml; this module only answers "surely not a GPU container" or "maybe": a ``config.json`` that contains
+none of :func:`markers_for`'s strings cannot make :func:`nvc.request.container_env.gpu_request_from_spec` return a
 request, whatever the rules say in detail. Why each marker:
 
 * ``NVIDIA_``: ``NVIDIA_VISIBLE_DEVICES`` and every other variable the rules read;
@@ -21,7 +21,7 @@ A spec that is broken in ways the rules would report (an env entry without ``=``
 marker is left to the low-level runtime to judge, as for any container that is not ours.
 
 The markers depend on config.toml, so the slow path memoises them, with what they depend on, in the answer cache
-directory (``/run/nvc``, :mod:`nvc.nvml.cache`'s rules: root-only, never through a symlink):
+directory (``/run/nvc``, :mod:`nvc.host.nvml.cache`'s rules: root-only, never through a symlink):
 
 * ``hook-prefilter.json`` for the hook (:func:`hook_may_skip`), valid while config.toml keeps its identity
   (device, inode, size, mtime, ctime) — the config cache's own key;
@@ -40,7 +40,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from nvc.runtime_config import RuntimeConfig
+    from nvc.request.runtime_config import RuntimeConfig
 
 FORMAT = 1
 HOOK_MEMO = "hook-prefilter.json"
@@ -188,7 +188,7 @@ def remember_hook_config(config_arg: "str | None", environ: "Mapping[str, str]",
 def _remember_hook_config(config_arg: "str | None", environ: "Mapping[str, str]", config: "RuntimeConfig") -> None:
     from nvc import jsonfast
     from nvc.config_location import config_file_path
-    from nvc.nvml import cache as store
+    from nvc.host.nvml import cache as store
 
     if config_arg or store.caching_disabled(environ):
         return
@@ -230,8 +230,8 @@ def shim_memo_lines(
     call, or on a config.toml that changed too recently."""
     import os
 
+    from nvc.commands.runtime_shim import is_executable_file, path_candidates
     from nvc.config_location import CONFIG_PATH_ENV, XDG_CONFIG_HOME_ENV, config_file_path
-    from nvc.runtime_shim import is_executable_file, path_candidates
 
     if config.runtime.debug not in ("", "/dev/null") or me is None:
         return None
@@ -270,7 +270,7 @@ def _remember_shim_decision(
     import os
 
     from nvc.atomic_write import replace_file
-    from nvc.nvml import cache as store
+    from nvc.host.nvml import cache as store
 
     if store.caching_disabled(environ):
         return

@@ -3,14 +3,14 @@ runtime (also ``nvc runtime``).
 
 ``nvidia-container-runtime [global flags] COMMAND [flags] [ID]``. On ``create`` and ``run`` it loads
 ``<bundle>/config.json`` and config.toml, decides from the container's environment whether this is a GPU
-container (:func:`nvc.container_env.gpu_request_from_spec`, NVIDIA's rules) and, if it is, edits the spec:
+container (:func:`nvc.request.container_env.gpu_request_from_spec`, NVIDIA's rules) and, if it is, edits the spec:
 
 * ``legacy`` mode: add the prestart hook ``nvidia-container-runtime-hook prestart`` (absolute path, found in PATH)
   unless an NVIDIA hook is already there — the hook injects when runc/crun run it;
 * ``cdi`` mode (and ``auto`` when the request names CDI devices): the edits of the requested CDI devices from the
-  host's spec files, applied to the spec as podman or containerd would (:mod:`nvc.cdi.shim_mode`);
+  host's spec files, applied to the spec as podman or containerd would (:mod:`nvc.commands.cdi_shim_mode`);
 * ``spec`` mode (also what ``jit-cdi`` selects here): plan in-process and merge the plan as spec edits
-  (:mod:`nvc.oci_edits`: bind mounts, ``linux.devices``, cgroup rules, a merged ld.so.cache written next to
+  (:mod:`nvc.emit.oci_edits`: bind mounts, ``linux.devices``, cgroup rules, a merged ld.so.cache written next to
   config.json). This is the only path that works under gVisor's runsc, which never runs a hook where its mounts
   could reach the sandbox;
 * ``auto``: spec edits when the low-level runtime is runsc, the hook otherwise.
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from nvc.container_env import GpuRequest
     from nvc.debuglog import DebugLog
-    from nvc.runtime_config import RuntimeConfig
+    from nvc.request.container_env import GpuRequest
+    from nvc.request.runtime_config import RuntimeConfig
 
 PROG = "nvidia-container-runtime"
 DEFAULT_RUNTIMES = ("runc", "crun")
@@ -267,9 +267,9 @@ def find_hook(config: RuntimeConfig, environ: Mapping[str, str]) -> str:
 def _gvisor_capabilities(gpu: GpuRequest, spec: Mapping[str, Any]) -> GpuRequest:
     """runsc's rule: ``all`` (or the default) is limited to what nvproxy serves; an explicit capability outside
     it stays in the request and is refused by the planner, as runsc refuses it."""
-    from nvc.container_env import ENV_DRIVER_CAPABILITIES, parse_environment
-    from nvc.gvisor import SUPPORTED_CAPABILITIES
     from nvc.record import replace
+    from nvc.request.container_env import ENV_DRIVER_CAPABILITIES, parse_environment
+    from nvc.request.gvisor import SUPPORTED_CAPABILITIES
 
     process = spec.get("process")
     env = parse_environment(process.get("env") if isinstance(process, dict) else None)
@@ -284,11 +284,11 @@ def spec_with_edits(
 ) -> dict[str, Any]:
     """Plan in-process for the bundle's rootfs and merge the plan as spec edits; writes the merged ld.so.cache
     to ``<bundle>/nvc-ld.so.cache`` (mounted over the container's ``/etc/ld.so.cache``)."""
-    from nvc.configure import build_plan
-    from nvc.container_request import configure_request_from_gpu, global_options_from_config
-    from nvc.hook import container_rootfs
-    from nvc.oci_edits import LDCACHE_FILE_NAME, apply_edits, edits_for_plan, write_file_atomic
+    from nvc.commands.configure import build_plan
+    from nvc.commands.hook import container_rootfs
+    from nvc.emit.oci_edits import LDCACHE_FILE_NAME, apply_edits, edits_for_plan, write_file_atomic
     from nvc.record import replace
+    from nvc.request.container_request import configure_request_from_gpu, global_options_from_config
 
     rootfs = container_rootfs({}, spec, bundle)
     if gvisor:
@@ -323,28 +323,28 @@ def write_spec(path: str, spec: Mapping[str, Any]) -> None:
 
 def prepare_create(argv: list[str], command_index: int, environ: Mapping[str, str]) -> str:
     """The ``create``/``run`` path: edit the bundle's spec when it is a GPU container; returns the runtime."""
-    from nvc.container_env import gpu_request_from_spec
+    from nvc.commands.hook import load_spec
     from nvc.debuglog import DebugLog
-    from nvc.hook import load_spec
-    from nvc.runtime_config import load_config
+    from nvc.request.container_env import gpu_request_from_spec
+    from nvc.request.runtime_config import load_config
 
     config = load_config(None, environ)
     debug = config.runtime.debug
     log = DebugLog(debug if debug and debug != "/dev/null" else None)
     if log.enabled:
-        from nvc.config_keys import ignored_settings
+        from nvc.request.config_keys import ignored_settings
 
         for line in ignored_settings(config):
             log.warning(line, where="runtime")
     runtime = find_runtime(config.runtime.runtimes, environ)
-    from nvc.prefilter import remember_shim_decision
+    from nvc.commands.prefilter import remember_shim_decision
 
     remember_shim_decision(environ, config, runtime, _this_shim())
     bundle = find_bundle(argv, command_index)
     spec = load_spec(bundle)
-    from nvc.cdi.shim_mode import cdi_request, spec_with_cdi_devices
+    from nvc.commands.cdi_shim_mode import cdi_request, spec_with_cdi_devices
 
-    cdi_devices = cdi_request(spec, config)  # None: CDI mode does not apply (nvc/cdi/shim_mode.py)
+    cdi_devices = cdi_request(spec, config)  # None: CDI mode does not apply (nvc/commands/cdi_shim_mode.py)
     if cdi_devices is not None:
         if cdi_devices:
             write_spec(os.path.join(bundle, "config.json"), spec_with_cdi_devices(spec, cdi_devices, config, log))

@@ -14,7 +14,7 @@ without any hook or shim of ours per container. What each needs:
 
 Which containerd schema: the installed ``containerd --version`` (or ``--containerd-version`` to configure a host
 image or another version), and the file's own ``version`` when it has one. Files are edited with the same rules
-as the rest of ``nvc setup`` (:mod:`nvc.setup_config`): comments and layout kept, a timestamped backup, atomic
+as the rest of ``nvc setup`` (:mod:`nvc.commands.setup_config`): comments and layout kept, a timestamped backup, atomic
 replacement, nothing written twice, ``--dry-run`` shows the diff.
 """
 
@@ -24,8 +24,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from nvc.errors import NvcError
-from nvc.setup_config import (
+from nvc.commands.setup_config import (
     CONTAINERD_CONFIG,
     CRI_PLUGIN,
     DOCKER_DAEMON_CONFIG,
@@ -44,6 +43,7 @@ from nvc.setup_config import (
     find_binary,
     write_config_file,
 )
+from nvc.errors import NvcError
 
 CDI_SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
 CONTAINERD_CDI_SINCE = (1, 7)

@@ -11,16 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nvc.components import Capability
-from nvc.container_layout import library_dirs
-from nvc.device_select import (
+from nvc.driver_info import DriverInfo
+from nvc.host.inventory import Inventory
+from nvc.request.container_layout import library_dirs
+from nvc.request.device_select import (
     DeviceSelection,
     imex_channel_numbers,
     mig_option_enabled,
     select_devices,
     split_device_list,
 )
-from nvc.driver_info import DriverInfo
-from nvc.inventory import Inventory
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ def _plan_for_listing(inventory: Inventory, request: ListRequest, capabilities: 
     what configure would mount, from the same planner (one source of truth for the rules). ``capabilities``
     narrows the driver capabilities (default: all; ``nvc cdi generate`` passes its selection)."""
     from nvc.components import ALL_CAPABILITIES
-    from nvc.container_layout import ContainerLayout
-    from nvc.plan import plan_configure
-    from nvc.request import ConfigureRequest
+    from nvc.plan.planner import plan_configure
+    from nvc.request.configure_request import ConfigureRequest
+    from nvc.request.container_layout import ContainerLayout
 
     info = inventory.driver_info
     gpus = info.gpus if info is not None else ()
@@ -121,7 +121,7 @@ _LIST_ORDER = ("device", "binary", "library", "library32", "ipc", "firmware")
 
 def select_list_items(inventory: Inventory, request: ListRequest) -> list[ListedItem]:
     """Everything ``list`` prints for ``request``, in NVIDIA's order."""
-    from nvc.plan import Bind
+    from nvc.plan.planner import Bind
 
     request = request.effective()
     plan, selection = _plan_for_listing(inventory, request)

@@ -3,8 +3,8 @@
 Why: a prestart hook needs a runtime that runs it in a namespace where its mounts reach the container. runc and
 crun do; gVisor's runsc does not (its sandbox never sees a mount a hook makes on the host, and runsc only honours
 NVIDIA's hook name when built with nvproxy). What every runtime honours is the spec itself: ``mounts``,
-``linux.devices`` and ``linux.resources.devices``. So the same :class:`~nvc.plan.Plan` that ``configure`` applies
-by mounting is here written as spec entries, the way NVIDIA's CDI mode edits a spec:
+``linux.devices`` and ``linux.resources.devices``. So the same :class:`~nvc.plan.planner.Plan` that ``configure``
+applies by mounting is here written as spec entries, the way NVIDIA's CDI mode edits a spec:
 
 * file binds (binaries, libraries, firmware, IPC sockets) → ``mounts`` bind entries with the op's flags;
 * device binds → ``linux.devices`` (the runtime creates the node), ``CgroupAllow`` → ``linux.resources.devices``;
@@ -35,14 +35,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nvc.container_layout import CUDA_COMPAT_DIR
-from nvc.plan import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
+from nvc.plan.planner import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
+from nvc.request.container_layout import CUDA_COMPAT_DIR
 from nvc.rootpath import RootPathError, host_path, resolve_in_root
 
 if TYPE_CHECKING:
-    from nvc.ldcache.writer import LibraryAddition
-    from nvc.options import GlobalOptions
-    from nvc.request import ConfigureRequest
+    from nvc.host.ldcache.writer import LibraryAddition
+    from nvc.request.configure_request import ConfigureRequest
+    from nvc.request.options import GlobalOptions
 
 LDCACHE_PATH = "/etc/ld.so.cache"
 #: Where the shim writes the merged cache: next to config.json, removed with the bundle.
@@ -109,19 +109,19 @@ def _tmpfs_mount(op: Tmpfs) -> dict[str, Any]:
 
 def soname_and_flags(path: str) -> tuple[str | None, int | None]:
     """(DT_SONAME, ld.so.cache flags) of a library file; (None, None) when ldconfig would not list it."""
-    from nvc.ldcache_update import library_addition
+    from nvc.apply.ldcache_update import library_addition
 
     addition = library_addition(path, path)
     return (addition.soname, addition.flags) if addition is not None else (None, None)
 
 
 def library_additions(plan: Plan, read: SonameReader = soname_and_flags) -> list[LibraryAddition]:
-    """The libraries the plan injects, as :class:`nvc.ldcache.LibraryAddition` (container path, SONAME, flags).
+    """The libraries the plan injects, as :class:`nvc.host.ldcache.LibraryAddition` (container path, SONAME, flags).
 
     A library without DT_SONAME is listed under its file name, as ldconfig does; a file that is not ELF (or of
     an ABI class ldconfig would not list) is left out of the cache but still mounted.
     """
-    from nvc.ldcache import LibraryAddition
+    from nvc.host.ldcache import LibraryAddition
 
     additions = []
     for op in plan.of_type(Bind):
@@ -140,7 +140,7 @@ def compat_additions(plan: Plan, read: SonameReader = soname_and_flags) -> list[
 
     Only files whose SONAME link already exists in the image count (we cannot create links in the image).
     """
-    from nvc.ldcache import LibraryAddition
+    from nvc.host.ldcache import LibraryAddition
 
     if not any(CUDA_COMPAT_DIR in op.directories for op in plan.of_type(UpdateLdCache)):
         return []
@@ -181,7 +181,7 @@ def spec_edits(
     the plan's libraries with their SONAMEs (:func:`library_additions`, read when not given) — they decide the
     extra SONAME mounts.
     """
-    from nvc.ldcache import soname_links
+    from nvc.host.ldcache import soname_links
 
     if rootfs_cache is not None and not ldcache_source:
         raise ValueError("spec_edits: a container ld.so.cache needs ldcache_source (the host file to mount)")
@@ -288,7 +288,7 @@ def _read_image_cache(rootfs: str) -> bytes | None:
     Opened with O_NOFOLLOW|O_NONBLOCK after resolving inside the root, so neither a symlink planted in the image
     nor a FIFO can point us at (or hang us on) a host file.
     """
-    from nvc.ldcache import MAX_CACHE_SIZE
+    from nvc.host.ldcache import MAX_CACHE_SIZE
 
     try:
         inner = resolve_in_root(rootfs, LDCACHE_PATH)
@@ -313,9 +313,9 @@ def ldcache_for_container(
     """The container's ld.so.cache after injecting ``additions``: the image's cache with them merged in (its
     layout and generator kept), or a fresh cache of just them when the image has none or a corrupt one.
     None when there is nothing to add. ``first_dirs``: the directories NVIDIA passes to ldconfig (the plan's
-    :class:`~nvc.plan.UpdateLdCache` directories), scanned before the image's own.
+    :class:`~nvc.plan.planner.UpdateLdCache` directories), scanned before the image's own.
     """
-    from nvc.ldcache_update import merge_container_cache
+    from nvc.apply.ldcache_update import merge_container_cache
 
     if not additions:
         return None
@@ -406,10 +406,10 @@ def format_edits_json(edits: SpecEdits) -> str:
 def oci_edits_command(
     opts: GlobalOptions, request: ConfigureRequest, ldcache_out: str | None = None
 ) -> tuple[str, tuple[str, ...]]:
-    """``nvc oci-edits``: plan ``request`` (a :class:`~nvc.request.ConfigureRequest` for the image's rootfs, no
-    pid), write the merged ld.so.cache to ``ldcache_out`` when given (it is then mounted over
+    """``nvc oci-edits``: plan ``request`` (a :class:`~nvc.request.configure_request.ConfigureRequest` for the image's
+    rootfs, no pid), write the merged ld.so.cache to ``ldcache_out`` when given (it is then mounted over
     ``/etc/ld.so.cache``), and return (the JSON document to print, the notes and plan warnings for stderr)."""
-    from nvc.configure import build_plan
+    from nvc.commands.configure import build_plan
 
     plan = build_plan(opts, request)
     source = os.path.abspath(ldcache_out) if ldcache_out else None

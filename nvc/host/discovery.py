@@ -49,7 +49,7 @@ class DriverFiles:
 
 def load_ldcache(driver_root: str, ldcache: str):
     """Read the driver root's ld.so.cache (``ldcache`` is a path inside the root)."""
-    from nvc.ldcache import LdCacheError, read_cache
+    from nvc.host.ldcache import LdCacheError, read_cache
 
     try:
         inner = resolve_in_root(driver_root, ldcache)
@@ -62,7 +62,7 @@ def load_ldcache(driver_root: str, ldcache: str):
 
 
 def _arch_entries(cache, arch_class: int):
-    from nvc.ldcache import FLAG_ARCH_MASK, FLAG_ELF
+    from nvc.host.ldcache import FLAG_ARCH_MASK, FLAG_ELF
 
     for entry in cache.entries:
         if entry.flags & FLAG_ELF and (entry.flags & FLAG_ARCH_MASK) == arch_class:
@@ -103,7 +103,7 @@ def version_from_library_name(path: str) -> str | None:
 
 def _accept_library(name: str, candidate_host: str, previous: str | None, version: str, arch_class: int) -> bool:
     """NVIDIA's selection rule for one cache candidate, plus a refusal of files of the wrong ELF class."""
-    from nvc.elf import depends_on, has_linux_abi, matches_cache_class, read_identity
+    from nvc.host.elf import depends_on, has_linux_abi, matches_cache_class, read_identity
 
     if not os.path.basename(candidate_host).endswith(version):
         return False

@@ -9,10 +9,10 @@ container would get; the NVML error is kept to be reported.
 from __future__ import annotations
 
 from nvc import components as comp
-from nvc.discovery import DriverFiles, discover_files, find_nvml_library, load_ldcache, version_from_library_name
 from nvc.driver_info import DriverInfo
 from nvc.errors import NvcError
-from nvc.proc_driver import parse_nvrm_version
+from nvc.host.discovery import DriverFiles, discover_files, find_nvml_library, load_ldcache, version_from_library_name
+from nvc.host.proc_driver import parse_nvrm_version
 from nvc.record import record
 from nvc.rootpath import host_path
 
@@ -45,27 +45,27 @@ def query_nvml(
     """Driver version and GPUs from the root's own libnvidia-ml (raises ``initialization`` errors).
 
     ``library``: the in-root path of ``libnvidia-ml.so.1`` when already known (else looked up in the ld.so.cache).
-    ``use_cache``: take NVML's answer from :mod:`nvc.nvml.cache` while it holds. Only container starts (hook,
+    ``use_cache``: take NVML's answer from :mod:`nvc.host.nvml.cache` while it holds. Only container starts (hook,
     configure, oci-edits) want that; a diagnosis (``info``, ``list``, ``doctor``) passes ``False`` and always asks
     the driver, since the cache is checked against ``/proc`` and the library file, not against NVML itself: a
     driver whose ``nvmlInit`` now fails would still be served the old answer.
     """
-    from nvc.nvml.cache import cached_query
+    from nvc.host.nvml.cache import cached_query
 
     def query_driver(*args, **kwargs):
-        from nvc.nvml.query import query_driver as query
+        from nvc.host.nvml.query import query_driver as query
 
         return query(*args, **kwargs)
 
     if library is None:
-        from nvc.ldcache.format import host_arch_classes
+        from nvc.host.ldcache.format import host_arch_classes
 
         if cache is None:
             cache = load_ldcache(driver_root, ldcache)
         library = find_nvml_library(cache, driver_root, host_arch_classes()[0])
     library = host_path(driver_root, library)
     if load_kmods:
-        from nvc.kmods import load_kernel_modules
+        from nvc.host.kmods import load_kernel_modules
 
         load_kernel_modules(driver_root)
     def ask() -> DriverInfo:
@@ -98,10 +98,10 @@ def build_inventory(
 
     ``use_nvml_cache``: see :func:`query_nvml`'s ``use_cache`` (container starts only).
 
-    The file discovery (and the NVML library's lookup) is cached by :mod:`nvc.inventory_cache`: while its entry
+    The file discovery (and the NVML library's lookup) is cached by :mod:`nvc.host.inventory_cache`: while its entry
     holds, the ld.so.cache is neither read nor parsed.
     """
-    from nvc.inventory_cache import InventoryCache
+    from nvc.host.inventory_cache import InventoryCache
 
     store = InventoryCache.open(driver_root, ldcache, environ)
     try:
@@ -118,7 +118,7 @@ def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_km
     library = store.nvml_library() if store is not None else None
     library_error: NvcError | None = None
     if library is None:
-        from nvc.ldcache import host_arch_classes
+        from nvc.host.ldcache import host_arch_classes
 
         cache = load_ldcache(driver_root, ldcache)
         try:
@@ -145,8 +145,8 @@ def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_km
         version = fallback
     files = store.files(version) if store is not None else None
     if files is None:
-        from nvc.discovery import cache_lookup_paths
-        from nvc.ldcache import host_arch_classes
+        from nvc.host.discovery import cache_lookup_paths
+        from nvc.host.ldcache import host_arch_classes
 
         if cache is None:
             cache = load_ldcache(driver_root, ldcache)

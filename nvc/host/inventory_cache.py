@@ -1,9 +1,9 @@
 """Remember where a driver root's files are, so a container start reads no ld.so.cache and checks no ELF headers.
 
-Driver discovery (:mod:`nvc.discovery`) parses the root's ld.so.cache, checks the ELF identity of every candidate
+Driver discovery (:mod:`nvc.host.discovery`) parses the root's ld.so.cache, checks the ELF identity of every candidate
 library and resolves some 65 paths inside the root: about 13 ms on every container start, for an answer that only
 changes when the driver is installed, upgraded or removed. The answer is stored next to NVML's answer
-(:mod:`nvc.nvml.cache`: same directory, same private-file helpers, same ``$NVC_CACHE_DIR`` / ``$NVC_NO_CACHE``) and
+(:mod:`nvc.host.nvml.cache`: same directory, same private-file helpers, same ``$NVC_CACHE_DIR`` / ``$NVC_NO_CACHE``) and
 reused while it provably still holds:
 
 * the key (the file name is the SHA-256 of it): the real driver root, the root's ld.so.cache (its resolved host
@@ -19,7 +19,7 @@ reused while it provably still holds:
   used only when they were found for that version;
 * IPC sockets (persistenced, fabricmanager, MPS) come and go with daemons: they are looked up afresh every time.
 
-A hit imports neither :mod:`nvc.ldcache` nor :mod:`nvc.elf`. Any problem with the cache only costs the full
+A hit imports neither :mod:`nvc.host.ldcache` nor :mod:`nvc.host.elf`. Any problem with the cache only costs the full
 discovery; entries are only written after a discovery that succeeded.
 
 Entry format (``<sha256 of the key>.json``)::
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 
-from nvc.nvml.cache import (
+from nvc.host.nvml.cache import (
     DEFAULT_CACHE_DIR,
     cache_dir_path,
     caching_disabled,
@@ -50,7 +50,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from nvc.discovery import DriverFiles
+    from nvc.host.discovery import DriverFiles
 
 FORMAT = 1
 _KINDS = ("library", "library32", "binary", "firmware")
@@ -160,7 +160,7 @@ class InventoryCache:
 
     def _files(self, version: str) -> DriverFiles:
         from nvc.components import Capability
-        from nvc.discovery import DriverFile, DriverFiles, find_ipcs
+        from nvc.host.discovery import DriverFile, DriverFiles, find_ipcs
 
         root = self.driver_root
         stored = self.entry["files"]

@@ -14,7 +14,7 @@ import stat
 
 from nvc import components as comp
 from nvc.debuglog import NULL_LOG, DebugLog
-from nvc.proc_driver import parse_device_majors, parse_params
+from nvc.host.proc_driver import parse_device_majors, parse_params
 from nvc.rootpath import host_path
 
 NODE_MODE = 0o666

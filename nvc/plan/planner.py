@@ -15,16 +15,16 @@ from __future__ import annotations
 import os
 
 from nvc import components as comp
-from nvc import device_nodes
 from nvc.components import Capability
-from nvc.container_layout import BINARY_DIR, CUDA_COMPAT_DIR, ContainerLayout
-from nvc.device_select import DeviceSelection
-from nvc.discovery import DriverFile, filter_by_capabilities
-from nvc.gvisor import SUPPORTED_DEVICES as GVISOR_DEVICES
-from nvc.inventory import Inventory
-from nvc.proc_driver import proc_bus_id
+from nvc.host import device_nodes
+from nvc.host.discovery import DriverFile, filter_by_capabilities
+from nvc.host.inventory import Inventory
+from nvc.host.proc_driver import proc_bus_id
 from nvc.record import field, record
-from nvc.request import ConfigureRequest
+from nvc.request.configure_request import ConfigureRequest
+from nvc.request.container_layout import BINARY_DIR, CUDA_COMPAT_DIR, ContainerLayout
+from nvc.request.device_select import DeviceSelection
+from nvc.request.gvisor import SUPPORTED_DEVICES as GVISOR_DEVICES
 from nvc.rootpath import host_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)

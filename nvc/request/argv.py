@@ -1,6 +1,6 @@
 """The command-line grammar of ``nvidia-container-cli`` as data, and a click-free parser over it for the hot path.
 
-One grammar, two parsers: :mod:`nvc.cli` builds its click options from the tables below (``--help``, error
+One grammar, two parsers: :mod:`nvc.commands.cli` builds its click options from the tables below (``--help``, error
 messages and usage stay click's), and :func:`parse_configure` parses the same tables with a tiny getopt_long-style
 loop that follows click's rules (``--opt=value``, ``--opt value``, ``-dVALUE``, ``-d VALUE``, bundled short flags
 ``-cu``, ``--``, options after the positional ROOTFS). gVisor's runsc and containerd's ``oci-hook`` run
@@ -263,9 +263,9 @@ def parse_command_line(args: list[str]) -> FastParse | None:
 
 def global_options(debug=None, load_kmods=False, no_pivot=False, user=None, root="/", ldcache="/etc/ld.so.cache",
                    no_create_imex_channels=False):
-    """The group's values as :class:`GlobalOptions` (:func:`nvc.options.build_global_options`, shared with the
+    """The group's values as :class:`GlobalOptions` (:func:`nvc.request.options.build_global_options`, shared with the
     hook's in-process CLI)."""
-    from nvc.options import build_global_options
+    from nvc.request.options import build_global_options
 
     return build_global_options(debug=debug, load_kmods=load_kmods, no_pivot=no_pivot, user=user, root=root,
                                 ldcache=ldcache, no_create_imex_channels=no_create_imex_channels)
@@ -274,9 +274,9 @@ def global_options(debug=None, load_kmods=False, no_pivot=False, user=None, root
 def configure_request(rootfs: str | None, options: dict, pid: int | None = None):
     """A request option table's values (``REQUEST_OPTIONS`` dests) as a :class:`ConfigureRequest`."""
     from nvc.components import Capability
-    from nvc.device_select import split_device_list
     from nvc.errors import NvcError
-    from nvc.request import ConfigureRequest
+    from nvc.request.configure_request import ConfigureRequest
+    from nvc.request.device_select import split_device_list
 
     if not rootfs or not rootfs.startswith("/") or os.path.normpath(rootfs) == "/":
         raise NvcError("input", "invalid rootfs directory")
@@ -321,7 +321,7 @@ def version_text() -> str:
 
 def run_configure(opts, request, dry_run: bool) -> None:
     """The configure command's body, whichever parser read the line (tests replace it to compare the parsers)."""
-    from nvc.configure import configure_container
+    from nvc.commands.configure import configure_container
 
     lines = configure_container(opts, request, dry_run=dry_run)
     write = sys.stdout.write
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     parsed = parse_command_line(args)
     if parsed is None:
-        from nvc.cli import click_main
+        from nvc.commands.cli import click_main
 
         return click_main(args)
     if argv is None:  # run as the program (nvc/oneshot.py)

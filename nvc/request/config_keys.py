@@ -2,8 +2,8 @@
 
 A host that had NVIDIA's toolkit installed has a config.toml written for NVIDIA's tools, and NVIDIA's schema has
 keys for parts nvc does not have (the Tegra CSV mode, ``nvidia-ctk``, CDI spec generation). Every key of
-:class:`nvc.runtime_config.RuntimeConfig` must either change what the hook or the runtime shim does, or be listed
-here: a file that sets one of these to something other than its default gets a warning line in the debug log
+:class:`nvc.request.runtime_config.RuntimeConfig` must either change what the hook or the runtime shim does, or be
+listed here: a file that sets one of these to something other than its default gets a warning line in the debug log
 (``-debug``, ``[nvidia-container-cli] debug``, ``[nvidia-container-runtime] debug``), so an administrator who set
 it learns that nvc did not follow it. tests/test_config_keys.py walks the schema and fails on a key that neither
 changes behaviour nor appears here.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
-    from nvc.runtime_config import RuntimeConfig
+    from nvc.request.runtime_config import RuntimeConfig
 
 #: Dotted TOML key → why nvc does not act on it.
 IGNORED_KEYS: dict[str, str] = {
@@ -40,7 +40,7 @@ def _format(value: object) -> str:
 
 def ignored_settings(config: RuntimeConfig) -> list[str]:
     """One line per ignored key that ``config`` sets to a value other than its default, in schema order."""
-    from nvc.runtime_config import RuntimeConfig, schema_leaves
+    from nvc.request.runtime_config import RuntimeConfig, schema_leaves
 
     defaults = RuntimeConfig()
     lines = []

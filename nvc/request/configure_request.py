@@ -35,4 +35,4 @@ class ConfigureRequest:
     no_cntlibs: bool = False
     cuda_compat_mode: str = "mount"
     exec_ldconfig: bool = False  # run ldconfig in the container instead of writing its ld.so.cache ourselves
-    gvisor: bool = False  # runsc's gofer context: nvproxy's device set, no /proc work (see nvc.gvisor)
+    gvisor: bool = False  # runsc's gofer context: nvproxy's device set, no /proc work (see nvc.request.gvisor)

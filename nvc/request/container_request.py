@@ -4,11 +4,11 @@
 NVIDIA's hook execs ``nvidia-container-cli [globals] configure [options] ROOTFS`` with the host's environment plus
 ``[nvidia-container-cli] environment``. Ours either does exactly that (``[nvidia-container-cli] path``) or runs the
 same CLI in-process. Both paths come from one :class:`CliInvocation`: :func:`cli_argv` renders it as NVIDIA's argv,
-and the in-process path uses its :class:`~nvc.options.GlobalOptions`, :class:`~nvc.request.ConfigureRequest` and
-environment directly. The global options are built by the CLI's own constructor
-(:func:`nvc.options.build_global_options`), so a value the CLI would refuse on its command line (a relative
-``root``, an unknown ``user``) is refused in-process too; tests/test_hook_parity.py parses every rendered argv with
-the CLI's parser and checks it gives the same values.
+and the in-process path uses its :class:`~nvc.request.options.GlobalOptions`,
+:class:`~nvc.request.configure_request.ConfigureRequest` and environment directly. The global options are built by the
+CLI's own constructor (:func:`nvc.request.options.build_global_options`), so a value the CLI would refuse on its command
+line (a relative ``root``, an unknown ``user``) is refused in-process too; tests/test_hook_parity.py parses every
+rendered argv with the CLI's parser and checks it gives the same values.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from nvc.record import record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
-    from nvc.container_env import GpuRequest
-    from nvc.options import GlobalOptions
-    from nvc.request import ConfigureRequest
-    from nvc.runtime_config import RuntimeConfig
+    from nvc.request.configure_request import ConfigureRequest
+    from nvc.request.container_env import GpuRequest
+    from nvc.request.options import GlobalOptions
+    from nvc.request.runtime_config import RuntimeConfig
 
 #: The ``--debug`` target of NVIDIA's hook run with ``-debug``: it replaces ``[nvidia-container-cli] debug``.
 DEBUG_FLAG_TARGET = "/dev/stderr"
@@ -58,9 +58,9 @@ def cuda_compat_flag(config: RuntimeConfig) -> str | None:
 def configure_request_from_gpu(
     gpu: GpuRequest, config: RuntimeConfig, rootfs: str, pid: int | None, *, gvisor: bool = False
 ) -> ConfigureRequest:
-    """The :class:`~nvc.request.ConfigureRequest` NVIDIA's hook would pass to ``nvidia-container-cli configure``
-    for a GPU container."""
-    from nvc.request import ConfigureRequest
+    """The :class:`~nvc.request.configure_request.ConfigureRequest` NVIDIA's hook would pass to ``nvidia-container-cli
+    configure`` for a GPU container."""
+    from nvc.request.configure_request import ConfigureRequest
 
     return ConfigureRequest(
         rootfs=rootfs,
@@ -84,10 +84,10 @@ def debug_target(config: RuntimeConfig, debug_flag: bool) -> str | None:
 
 
 def global_options_from_config(config: RuntimeConfig, *, debug_flag: bool = False) -> GlobalOptions:
-    """:class:`~nvc.options.GlobalOptions` from ``[nvidia-container-cli]`` and ``[features]``, as the CLI would
+    """:class:`~nvc.request.options.GlobalOptions` from ``[nvidia-container-cli]`` and ``[features]``, as the CLI would
     build them from NVIDIA's hook's global flags; ``debug_flag`` is the hook's ``-debug`` (``--debug=/dev/stderr``
     in place of the configured log file)."""
-    from nvc.options import build_global_options
+    from nvc.request.options import build_global_options
 
     return build_global_options(
         debug=debug_target(config, debug_flag),

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LDCONFIG = "@/sbin/ldconfig"
 # "" is NVIDIA's "unset": the hook then passes --cuda-compat-mode=disabled, or no flag at all with
-# [features] allow-cuda-compat-libs-from-container (nvc.container_request.cuda_compat_flag).
+# [features] allow-cuda-compat-libs-from-container (nvc.request.container_request.cuda_compat_flag).
 CUDA_COMPAT_MODES = ("disabled", "hook", "ldconfig", "mount", "")
 
 
@@ -264,7 +264,7 @@ def _normalize(config: RuntimeConfig, path_exists: PathExists) -> RuntimeConfig:
 # --- the parsed-config cache -----------------------------------------------------------------------------------
 # config.toml changes rarely and every container start reads it: the parsed value (before the host-dependent
 # ldconfig normalisation, redone on every load) is kept in the NVML answer cache's directory, under the same rules
-# (nvc.nvml.cache: a 0700 root-owned directory, 0600 files of ours, never followed through a symlink), keyed by the
+# (nvc.host.nvml.cache: a 0700 root-owned directory, 0600 files of ours, never followed through a symlink), keyed by the
 # file's path and identity (device, inode, size, mtime, ctime). Any cache problem just means parsing the file.
 
 _CACHE_FORMAT = 2  # 2: cuda-compat-mode "" and the environment entry check (an entry cached under 1 skipped them)
@@ -283,7 +283,7 @@ def _config_key(path: str, identity: list[int]) -> dict[str, Any]:
 
 
 def _cached_config(path: str, path_exists: PathExists) -> RuntimeConfig | None:
-    from nvc.nvml import cache as store
+    from nvc.host.nvml import cache as store
 
     if store.caching_disabled():
         return None
@@ -315,7 +315,7 @@ def _store_config(path: str, identity: list[int] | None, config: RuntimeConfig) 
     import contextlib
     import json
 
-    from nvc.nvml import cache as store
+    from nvc.host.nvml import cache as store
 
     if identity is None or store.caching_disabled():
         return
@@ -383,7 +383,7 @@ def toml_key(cls: type, name: str) -> str:
 def schema_leaves(cls: type = RuntimeConfig, prefix: str = "") -> list[tuple[str, tuple[str, ...]]]:
     """Every key a config.toml may set, as (dotted TOML key, attribute path in :class:`RuntimeConfig`), in
     declaration order: what the hook and the shim parse, hence what must either act or be reported as ignored
-    (:mod:`nvc.config_keys`)."""
+    (:mod:`nvc.request.config_keys`)."""
     leaves: list[tuple[str, tuple[str, ...]]] = []
     for item in fields(cls):
         if (cls, item.name) in _NOT_IN_FILE:

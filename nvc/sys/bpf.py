@@ -3,7 +3,7 @@
 On cgroup v2 the only way to change which device nodes a cgroup may open is a ``BPF_PROG_TYPE_CGROUP_DEVICE``
 program, so this module offers just what that needs: load a program, attach / detach / replace it on a cgroup,
 list what is attached, and read an attached program's instructions back. Device-rule semantics (what to emit)
-live in :mod:`nvc.cgroups`.
+live in :mod:`nvc.apply.cgroups`.
 
 Why cffi + ``syscall()`` and no library: glibc has no ``bpf()`` wrapper, and libbpf is a C dependency we would have
 to find on every host. The ``struct nvc_bpf_*`` declarations live with the rest in ``nvc.sys._cdef`` and come from

@@ -1,14 +1,14 @@
 """``nvc cdi generate``: the host's GPUs as a CDI spec, from the same inventory and plan as ``list``/``configure``.
 
-Nothing here decides what a container gets: :func:`nvc.listing._plan_for_listing` plans a container asking for
-the selected capabilities (the plan ``nvc list`` prints) and :func:`nvc.oci_edits.spec_edits` turns its binds
+Nothing here decides what a container gets: :func:`nvc.emit.listing._plan_for_listing` plans a container asking for
+the selected capabilities (the plan ``nvc list`` prints) and :func:`nvc.emit.oci_edits.spec_edits` turns its binds
 into mounts, so the spec holds exactly the files ``nvc list`` prints — ``nvidia-smi`` and the other binaries at
 ``/usr/bin``, libraries in one directory, firmware, IPC sockets — and the device nodes of each device. This module
 only splits that plan into CDI's shape:
 
 * ``containerEdits`` (applied for any device of the spec): everything of the plan with no GPU selected (control
   nodes, files), ``NVIDIA_VISIBLE_DEVICES=void`` (so no NVIDIA hook acts a second time), and ONE createContainer
-  hook, ``nvidia-cdi-hook configure-container`` (:mod:`nvc.cdi.hook`), that does in-process what needs the
+  hook, ``nvidia-cdi-hook configure-container`` (:mod:`nvc.commands.cdi_hook`), that does in-process what needs the
   container's root: the plan's symlinks and the SONAME links, CUDA forward compat, the merged ld.so.cache;
 * ``devices``: each GPU by index and UUID (``--device-name-strategy``), each MIG device (``gpu:mig`` and its
   UUID), and ``all``; each carries the nodes its plan adds to the common ones.
@@ -25,8 +25,8 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from nvc.cdi.names import CdiNameError, build_kind, validate_annotations, validate_device_name
 from nvc.components import ALL_CAPABILITIES, Capability
+from nvc.emit.cdi.names import CdiNameError, build_kind, validate_annotations, validate_device_name
 from nvc.errors import NvcError
 
 DEFAULT_VENDOR = "nvidia.com"
@@ -90,13 +90,13 @@ def parse_capabilities(values: tuple[str, ...]) -> frozenset[Capability] | None:
 
 
 def _list_request(devices: tuple[str, ...]):
-    from nvc.listing import ListRequest
+    from nvc.emit.listing import ListRequest
 
     return ListRequest(devices=devices, libraries=True, binaries=True, ipcs=True, firmwares=True, compat32=True)
 
 
 def _plan(inventory, request: GenerateRequest, devices: tuple[str, ...] = ()):
-    from nvc.listing import _plan_for_listing
+    from nvc.emit.listing import _plan_for_listing
 
     plan, _selection = _plan_for_listing(inventory, _list_request(devices), request.capabilities,
                                          dev_root=request.dev_root)
@@ -117,7 +117,7 @@ def _device_node(path: str, host: str, major: int, minor: int) -> dict[str, Any]
 
 def _plan_nodes(plan) -> list[dict[str, Any]]:
     """The plan's device nodes (binds with a device number), once each, in plan order."""
-    from nvc.plan import Bind
+    from nvc.plan.planner import Bind
 
     nodes: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -130,7 +130,7 @@ def _plan_nodes(plan) -> list[dict[str, Any]]:
 
 
 def _cdi_mount(mount: dict[str, Any]) -> dict[str, Any]:
-    """An OCI mount (from :func:`nvc.oci_edits.spec_edits`) in CDI's spelling."""
+    """An OCI mount (from :func:`nvc.emit.oci_edits.spec_edits`) in CDI's spelling."""
     return {"hostPath": mount["source"], "containerPath": mount["destination"],
             "options": list(mount.get("options") or ()), "type": mount["type"]}
 
@@ -138,9 +138,9 @@ def _cdi_mount(mount: dict[str, Any]) -> dict[str, Any]:
 def hook_args(plan, driver_version: str) -> list[str]:
     """Our one hook's arguments for ``plan``: what needs the container's root, decided now (SONAMEs read here,
     once per host, not on every container start)."""
-    from nvc.ldcache.writer import soname_links
-    from nvc.oci_edits import library_additions
-    from nvc.plan import Symlink, UpdateLdCache
+    from nvc.emit.oci_edits import library_additions
+    from nvc.host.ldcache.writer import soname_links
+    from nvc.plan.planner import Symlink, UpdateLdCache
 
     args = [HOOK_NAME, HOOK_SUBCOMMAND, "--host-driver-version", driver_version]
     for op in plan.of_type(UpdateLdCache):
@@ -158,8 +158,8 @@ def hook_args(plan, driver_version: str) -> list[str]:
 
 
 def _common_edits(plan, hook_path: str, driver_version: str) -> tuple[dict[str, Any], tuple[str, ...]]:
-    from nvc.oci_edits import spec_edits
-    from nvc.plan import Symlink
+    from nvc.emit.oci_edits import spec_edits
+    from nvc.plan.planner import Symlink
 
     edits = spec_edits(plan, None, additions=())  # SONAME names: links made by our hook, not extra mounts
     notes = tuple(n for n in edits.notes if not n.startswith("skipped symlink"))  # the hook makes those
@@ -233,7 +233,7 @@ def management_nodes(dev_root: str) -> list[dict[str, Any]]:
 
 
 def _inventory(request: GenerateRequest):
-    from nvc.inventory import build_inventory
+    from nvc.host.inventory import build_inventory
 
     management = request.mode == "management"
     try:
@@ -248,7 +248,7 @@ def _inventory(request: GenerateRequest):
 
 def generate_spec(request: GenerateRequest) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The spec document (cdiVersion computed) and notes for stderr (what the plan asked that a spec cannot say)."""
-    from nvc.cdi.spec import minimum_version
+    from nvc.emit.cdi.spec import minimum_version
 
     if request.mode not in MODES:
         raise NvcError("input", f"unknown mode {request.mode!r} ({', '.join(MODES)})")

@@ -1,6 +1,6 @@
 """Applying CDI ``containerEdits`` to an OCI ``config.json``, the way CDI consumers apply them.
 
-Input: the parsed spec and the edits :meth:`nvc.cdi.registry.Registry.resolve` returned (spec-wide edits once per
+Input: the parsed spec and the edits :meth:`nvc.emit.cdi.registry.Registry.resolve` returned (spec-wide edits once per
 spec, then each device's, already validated). Output: a new spec dict; the input is not modified. The rules are
 those of the Go ``tags.cncf.io/container-device-interface`` package that podman, containerd, CRI-O and docker use,
 so a container gets the same config.json from our runtime shim as from them:

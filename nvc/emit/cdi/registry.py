@@ -7,7 +7,7 @@ What a consumer does at container start (podman, containerd, CRI-O and docker th
 * **Where**: the spec directories in order, by default ``/etc/cdi`` (static) then ``/var/run/cdi`` (generated).
   Every regular file in them ending in ``.json`` or ``.yaml`` is a spec (subdirectories are skipped); files are
   read in name order. A directory that does not exist is simply empty.
-* **Checked on read** (:func:`nvc.cdi.validation.validate_spec`): a spec with any error is left out as a whole
+* **Checked on read** (:func:`nvc.emit.cdi.validation.validate_spec`): a spec with any error is left out as a whole
   and reported as a :class:`Problem` naming the file; the other specs still count. ``.json`` is parsed as JSON,
   ``.yaml`` with PyYAML, imported only when a ``.yaml`` file is read.
 * **Two specs claiming one device name**: the Go package's rule, which every runtime above follows. A spec in a
@@ -211,8 +211,9 @@ def _read_spec_file(dir_fd: int, name: str) -> bytes:
 
 
 def load_spec_data(data: Any, path: str, priority: int = 0) -> CdiSpec:
-    """A parsed spec checked and turned into a :class:`CdiSpec` (:class:`nvc.cdi.validation.SpecInvalid` if bad)."""
-    from nvc.cdi.validation import validate_spec
+    """A parsed spec checked and turned into a :class:`CdiSpec` (:class:`nvc.emit.cdi.validation.SpecInvalid` if
+    bad)."""
+    from nvc.emit.cdi.validation import validate_spec
 
     vendor, device_class, names = validate_spec(data)
     devices = {d["name"]: d["containerEdits"] for d in data["devices"]}

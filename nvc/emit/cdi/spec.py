@@ -5,7 +5,7 @@ refuse a spec that declares a version lower than the fields it uses, and an *old
 does not know — podman 4.3 (Debian 12) knows nothing after 0.5.0. So the version is computed from the document,
 never fixed.
 
-The rules live in :mod:`nvc.cdi.versions` (0.4.0: a mount ``type``; 0.5.0: digit-leading device names, node
+The rules live in :mod:`nvc.emit.cdi.versions` (0.4.0: a mount ``type``; 0.5.0: digit-leading device names, node
 ``hostPath``; 0.6.0: annotations, a ``.`` in the class; 0.7.0: ``additionalGids``, ``intelRdt``; 1.1.0: net devices).
 
 YAML is written with PyYAML (imported only here, on ``--format yaml``); JSON needs nothing beyond the stdlib.
@@ -23,8 +23,8 @@ FORMATS = ("json", "yaml")
 
 def minimum_version(spec: dict[str, Any]) -> str:
     """The lowest ``cdiVersion`` whose fields cover everything ``spec`` uses: one set of rules for writing and
-    reading (:func:`nvc.cdi.versions.required_version`, which the spec reader checks files against)."""
-    from nvc.cdi.versions import required_version
+    reading (:func:`nvc.emit.cdi.versions.required_version`, which the spec reader checks files against)."""
+    from nvc.emit.cdi.versions import required_version
 
     return required_version(spec)
 

@@ -2,11 +2,12 @@
 
 The Go package that podman, containerd, CRI-O and docker share refuses a spec file as a whole when any part of it
 is wrong, and so does this module: unknown fields (it decodes strictly), wrong types, a ``cdiVersion`` older than
-the fields used (:mod:`nvc.cdi.versions`), an invalid kind, device name or annotation key (:mod:`nvc.cdi.names`),
-a device without edits, two devices of one name, an env entry without ``NAME=``, a device node type other than
-``b c u p``, permissions outside ``rwm`` (or ``none``), a hook stage OCI does not have, a mount without both paths.
-Since Python has no Go struct types, the type of every field is checked here too: a spec that reaches
-:mod:`nvc.cdi.inject` is well-formed, so applying it cannot fail half-way on a bad value.
+the fields used (:mod:`nvc.emit.cdi.versions`), an invalid kind, device name or annotation key
+(:mod:`nvc.emit.cdi.names`), a device without edits, two devices of one name, an env entry without ``NAME=``, a device
+node type other than ``b c u p``, permissions outside ``rwm`` (or ``none``), a hook stage OCI does not have, a mount
+without both paths. Since Python has no Go struct types, the type of every field is checked here too: a spec that
+reaches
+:mod:`nvc.emit.cdi.inject` is well-formed, so applying it cannot fail half-way on a bad value.
 
 One difference: Go's JSON decoder matches field names case-insensitively (``HostPath`` reads as ``hostPath``);
 here field names must be written as the specification spells them, and any other spelling is an unknown field.
@@ -14,8 +15,8 @@ here field names must be written as the specification spells them, and any other
 
 from __future__ import annotations
 
-from nvc.cdi import names as cdi_names
-from nvc.cdi.versions import version_problem
+from nvc.emit.cdi import names as cdi_names
+from nvc.emit.cdi.versions import version_problem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

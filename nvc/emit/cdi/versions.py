@@ -14,7 +14,7 @@ check it and a writer must declare at least it. The rules, one per version that 
 names, but every spec needs at least 0.3.0, so they are refused as too old (as the Go package does).
 
 Works on the plain dict of a parsed spec file and tolerates malformed parts (the structural checks in
-:mod:`nvc.cdi.validation` report those).
+:mod:`nvc.emit.cdi.validation` report those).
 """
 
 from __future__ import annotations

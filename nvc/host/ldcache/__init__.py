@@ -2,12 +2,12 @@
 
 Driver discovery reads the host's (or a driver root's) cache through :func:`read_cache` and keeps the entries
 whose ABI class matches :func:`host_arch_classes`; the CLI's ``ldconfig -p``-style listing uses
-:func:`format_cache`. :mod:`nvc.ldcache.writer` writes caches as glibc's ldconfig does and merges injected
+:func:`format_cache`. :mod:`nvc.host.ldcache.writer` writes caches as glibc's ldconfig does and merges injected
 libraries (:func:`merge_cache_bytes`); its names are exported here but imported lazily, so importing this
 package still costs only ``struct`` and ``nvc.record``.
 """
 
-from nvc.ldcache.format import (
+from nvc.host.ldcache.format import (
     ARCH_AARCH64,
     ARCH_ARMHF,
     ARCH_ARMSF,
@@ -42,9 +42,9 @@ from nvc.ldcache.format import (
     is_hwcaps_extension,
     type_text,
 )
-from nvc.ldcache.reader import MAX_CACHE_SIZE, CacheEntry, LdCache, LdCacheError, parse_cache, read_cache
+from nvc.host.ldcache.reader import MAX_CACHE_SIZE, CacheEntry, LdCache, LdCacheError, parse_cache, read_cache
 
-#: The writer (nvc.ldcache.writer) is imported on first use of one of these names, so readers don't pay for it.
+#: The writer (nvc.host.ldcache.writer) is imported on first use of one of these names, so readers don't pay for it.
 _WRITER_EXPORTS = frozenset(
     {
         "CacheImage",
@@ -68,11 +68,11 @@ _PRINTER_EXPORTS = frozenset({"format_cache", "format_entry"})
 
 def __getattr__(name: str) -> object:
     if name in _WRITER_EXPORTS:
-        from nvc.ldcache import writer
+        from nvc.host.ldcache import writer
 
         return getattr(writer, name)
     if name in _PRINTER_EXPORTS:
-        from nvc.ldcache import printer
+        from nvc.host.ldcache import printer
 
         return getattr(printer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ glibc 2.36, the version our byte-identical tests run against. The text tables fo
 actually prints, which is not always what the headers suggest: for example the LoongArch classes exist in the
 headers but 2.36's ``print_entry`` has no case for them, so they print as a decimal number (``,4352``).
 
-Only constants and tiny pure functions live here, so ``import nvc.ldcache`` stays cheap.
+Only constants and tiny pure functions live here, so ``import nvc.host.ldcache`` stays cheap.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ The result is text whose strings came from ``surrogateescape`` decoding; encode 
 
 from __future__ import annotations
 
-from nvc.ldcache import format as fmt
-from nvc.ldcache.reader import CacheEntry, LdCache
+from nvc.host.ldcache import format as fmt
+from nvc.host.ldcache.reader import CacheEntry, LdCache
 
 
 def format_entry(entry: CacheEntry) -> str:

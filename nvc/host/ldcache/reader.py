@@ -1,7 +1,7 @@
 """ld.so.cache bytes -> values.
 
 The parser accepts exactly what glibc 2.36's ``ldconfig -p`` accepts and reads the same things from the file, so
-that :func:`nvc.ldcache.printer.format_cache` can reproduce its output byte for byte. Where glibc reads blindly
+that :func:`nvc.host.ldcache.printer.format_cache` can reproduce its output byte for byte. Where glibc reads blindly
 (string offsets and entry counts are never checked against the file size, strings are read up to a NUL wherever
 it is), we check and raise :class:`LdCacheError` instead: a cache glibc would crash on or misread is corrupt.
 
@@ -24,7 +24,7 @@ import os
 import stat
 import sys
 
-from nvc.ldcache import format as fmt
+from nvc.host.ldcache import format as fmt
 from nvc.record import record
 
 #: Refuse larger files: the biggest real caches are a few MiB, and this bounds memory on a hostile root.

@@ -52,8 +52,8 @@ import posixpath
 import stat
 import sys
 
-from nvc.ldcache import format as fmt
-from nvc.ldcache.reader import CacheEntry, LdCache, parse_cache
+from nvc.host.ldcache import format as fmt
+from nvc.host.ldcache.reader import CacheEntry, LdCache, parse_cache
 from nvc.record import record, replace
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up

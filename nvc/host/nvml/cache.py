@@ -34,7 +34,7 @@ File format (``<sha256 of the key>.json``)::
 
 from __future__ import annotations
 
-# proc_driver and rootpath are imported where they are used: the hook's pre-filter (nvc.prefilter) uses this
+# proc_driver and rootpath are imported where they are used: the hook's pre-filter (nvc.commands.prefilter) uses this
 # module's private-file helpers on every container start and needs nothing else from here.
 import os
 
@@ -138,7 +138,7 @@ def entry_name(key: dict[str, Any]) -> str:
 
 def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None) -> _State | None:
     """The key and the checked /proc state now; ``None`` when the answer must not be cached."""
-    from nvc.proc_driver import parse_nvrm_version
+    from nvc.host.proc_driver import parse_nvrm_version
     from nvc.rootpath import host_path
 
     root = os.path.realpath(driver_root)
@@ -222,7 +222,7 @@ def _capability_names_digest(root: str) -> str | None:
 def _load(dir_fd: int, state: _State) -> DriverInfo | None:
     """The cached answer if the entry is ours, well-formed and still matches ``state``."""
     from nvc.driver_info import DriverInfo
-    from nvc.proc_driver import proc_bus_id
+    from nvc.host.proc_driver import proc_bus_id
 
     entry = read_json_entry(dir_fd, state.name)
     if (
@@ -270,7 +270,7 @@ def _store(dir_fd: int, state: _State, info: DriverInfo) -> None:
     """Write the entry atomically: a private temporary file in the same directory, renamed over the name."""
     import json
 
-    from nvc.proc_driver import proc_bus_id
+    from nvc.host.proc_driver import proc_bus_id
 
     if {proc_bus_id(gpu.bus_id) for gpu in info.gpus} != set(state.gpus):
         return  # NVML and /proc disagree (a GPU NVML cannot see?): such an entry would never validate

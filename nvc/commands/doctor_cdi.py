@@ -31,7 +31,7 @@ from nvc.commands.setup_config import CRI_PLUGIN
 from nvc.emit.cdi.registry import DEFAULT_SPEC_DIRS, Registry, load_registry
 
 if TYPE_CHECKING:
-    from nvc.commands.doctor import DoctorPaths, Finding
+    from nvc.commands.doctor_inputs import DoctorPaths, Finding
 
 ANNOTATION_DRIVER_VERSION = "nvc/driver-version"
 HOST_DRIVER_VERSION_FLAG = "--host-driver-version"
@@ -42,7 +42,7 @@ GENERATE_FIX = ("`nvc cdi generate --output {path}`; to keep it true, install ho
 
 
 def _finding(severity: str, what: str, why: str = "", fix: str = "", check: str = "") -> Finding:
-    from nvc.commands.doctor import Finding
+    from nvc.commands.doctor_inputs import Finding
 
     return Finding(severity, what, why, fix, check)
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nvc import components as comp
-from nvc.commands.doctor import DoctorPaths, Finding
+from nvc.commands.doctor_inputs import DoctorPaths, Finding
 from nvc.driver_info import DriverInfo
 from nvc.errors import NvcError
 

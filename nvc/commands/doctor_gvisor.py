@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from nvc.commands.doctor import DoctorPaths, Finding, _Context
+    from nvc.commands.doctor_inputs import DoctorPaths, Finding, _Context
 
 PROBE_TIMEOUT = 10.0
 _FLAG_LINE = re.compile(r"^\s+-([A-Za-z0-9_.-]+)")
@@ -99,7 +99,7 @@ def default_platform(help_text: str) -> str | None:
 
 def check_runsc_flags(ctx: _Context) -> list[Finding]:
     """Every flag a GPU runtime hands runsc must be one this runsc knows, or no sandbox starts."""
-    from nvc.commands.doctor import Finding
+    from nvc.commands.doctor_inputs import Finding
 
     findings = []
     for runtime in ctx.gpu_runtimes:
@@ -122,7 +122,7 @@ def check_runsc_flags(ctx: _Context) -> list[Finding]:
 
 def check_platforms(ctx: _Context) -> list[Finding]:
     """The platform each GPU runsc runtime uses: probed with a real sandbox under ``--probe``, else judged."""
-    from nvc.commands.doctor import Finding
+    from nvc.commands.doctor_inputs import Finding
 
     findings = []
     seen: set[tuple[str, str]] = set()
@@ -138,13 +138,14 @@ def check_platforms(ctx: _Context) -> list[Finding]:
         fix = (f'set platform = "systrap" in [runsc_config] (docker: --platform=systrap in runtimeArgs): '
                f"{runtime.fix}" if has_systrap else "install a current runsc, whose default platform is systrap")
         if ctx.paths.probe:
-            works, detail = ctx.paths.probe_platform(ctx.paths.host(runtime.runsc), platform)
+            works, detail = (ctx.paths.probe_platform or probe_platform)(ctx.paths.host(runtime.runsc), platform)
             if works:
                 findings.append(Finding("ok", f"{runtime.where}: runsc platform {platform} starts a sandbox "
                                               f"(probe: {detail})", check="runsc.platform"))
                 continue
             if has_systrap and platform != "systrap":
-                systrap_works, systrap_detail = ctx.paths.probe_platform(ctx.paths.host(runtime.runsc), "systrap")
+                systrap_works, systrap_detail = (ctx.paths.probe_platform or probe_platform)(
+                    ctx.paths.host(runtime.runsc), "systrap")
                 fix += (" — the probe started a systrap sandbox fine" if systrap_works
                         else f" — but systrap failed too here ({systrap_detail})")
             findings.append(Finding(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.commands import prefilter
+from nvc.commands import prefilter, runtime_shim
 from nvc.commands.runtime_shim import find_bundle, find_command, passthrough_runtimes
 from nvc.errors import NvcError
 from nvc.request.container_env import gpu_request_from_spec
@@ -67,7 +67,7 @@ class Lab:
     def remember(self) -> None:
         """What the Python shim's create path does after it found the runtime."""
         config = self.load()
-        prefilter._remember_shim_decision(self.env, config, str(self.runtime), os.path.realpath(self.launcher))
+        runtime_shim._remember_shim_decision(self.env, config, str(self.runtime), os.path.realpath(self.launcher))
 
     def __call__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
         self.log.write_text("")

@@ -161,6 +161,108 @@ def which(name: str, path: str | None, fallback: tuple[str, ...] = ()) -> str | 
     return None
 
 
+# --- the memo the shim's sh launcher decides from (nvc.commands.prefilter's docstring: format, rules) -----------
+# Written here, next to which(): the memo must name exactly the runtime which() would find.
+
+def remember_shim_decision(
+    environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None
+) -> None:
+    """After the shim's ``create``/``run`` loaded ``config`` and found ``runtime``: write the memo its sh launcher
+    decides from (:mod:`nvc.commands.prefilter`'s docstring). Never raises; writes only when the memo changes."""
+    try:
+        _remember_shim_decision(environ, config, runtime, me)
+    except Exception:  # a memo we cannot write only costs the next call a Python start
+        pass
+
+
+def shim_memo_lines(
+    environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None
+) -> tuple[list[str], int | None] | None:
+    """The memo's lines (without the markers line) and the mtime it must carry; None when the decision must not
+    be memoised: it depends on the working directory, on this shim's own path, on a debug log that must see every
+    call, or on a config.toml that changed too recently."""
+    from nvc.commands import prefilter
+    from nvc.config_location import CONFIG_PATH_ENV, XDG_CONFIG_HOME_ENV, config_file_path
+
+    if config.runtime.debug not in ("", "/dev/null") or me is None:
+        return None
+    path, required = config_file_path(environ)
+    identity = prefilter._config_identity(path)
+    if (not os.path.isabs(path) or identity is False or (identity is None and required)
+            or not prefilter._settled(identity)):
+        return None
+    lines = [prefilter.SHIM_MEMO_MAGIC, f"ctk {environ.get(CONFIG_PATH_ENV, '')}",
+             f"xdg {environ.get(XDG_CONFIG_HOME_ENV, '')}", f"path {environ.get('PATH', '')}", f"config {path}",
+             "absent" if identity is None else "file"]
+    hit = None
+    for name in config.runtime.runtimes:
+        if "/" in name and os.path.abspath(name) != name:
+            return None  # which() checks the name but returns it normalised: sh could not tell them apart
+        for candidate in path_candidates(name, environ.get("PATH")):
+            if not os.path.isabs(candidate):
+                return None  # found relative to the working directory
+            if is_executable_file(candidate):
+                if os.path.realpath(candidate) == me:
+                    return None
+                hit = candidate
+                break
+            lines.append(f"skip {candidate}")
+        if hit is not None:
+            break
+    if hit != runtime:
+        return None
+    lines.append(f"runtime {hit}")
+    if any("\n" in line for line in lines):
+        return None
+    return lines, None if identity is None else identity[3]
+
+
+def _remember_shim_decision(
+    environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None
+) -> None:
+    from nvc.atomic_write import replace_file
+    from nvc.commands import prefilter
+    from nvc.host.nvml import cache as store
+
+    if store.caching_disabled(environ):
+        return
+    found = shim_memo_lines(environ, config, runtime, me)
+    if found is None:
+        return
+    lines, mtime_ns = found
+    patterns = ("\n".join(prefilter.markers_for(config)) + "\n").encode()
+    pattern_name = prefilter.SHIM_MARKERS_PREFIX + store.sha256_hex(patterns)[:32] + prefilter.SHIM_MARKERS_SUFFIX
+    memo = ("\n".join([*lines[:-1], f"markers {pattern_name}", lines[-1], "end"]) + "\n").encode()
+    dir_fd = store.open_cache_dir(store.cache_dir_path(environ=environ))
+    if dir_fd is None:
+        return
+    try:
+        if store.read_private_file(dir_fd, pattern_name) != patterns:
+            replace_file(pattern_name, patterns, 0o600, dir_fd=dir_fd)
+            _drop_other_pattern_files(dir_fd, keep=pattern_name)
+        memo_name = prefilter.SHIM_MEMO
+        if store.read_private_file(dir_fd, memo_name) == memo and (
+            mtime_ns is None or os.stat(memo_name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns == mtime_ns
+        ):
+            return
+        replace_file(memo_name, memo, 0o600, dir_fd=dir_fd, mtime_ns=mtime_ns)
+    finally:
+        os.close(dir_fd)
+
+
+def _drop_other_pattern_files(dir_fd: int, keep: str) -> None:
+    """Marker files of earlier configs. A memo that still names one just sends its next call to Python."""
+    from nvc.commands import prefilter
+
+    prefix, suffix = prefilter.SHIM_MARKERS_PREFIX, prefilter.SHIM_MARKERS_SUFFIX
+    for name in os.listdir(dir_fd):
+        if name != keep and name.startswith(prefix) and name.endswith(suffix):
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                pass
+
+
 def _this_shim() -> str | None:
     return os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else None
 
@@ -337,8 +439,6 @@ def prepare_create(argv: list[str], command_index: int, environ: Mapping[str, st
         for line in ignored_settings(config):
             log.warning(line, where="runtime")
     runtime = find_runtime(config.runtime.runtimes, environ)
-    from nvc.commands.prefilter import remember_shim_decision
-
     remember_shim_decision(environ, config, runtime, _this_shim())
     bundle = find_bundle(argv, command_index)
     spec = load_spec(bundle)

@@ -286,7 +286,8 @@ def test_upgrade_keeps_an_edited_config(installed, deb_v2, host):
     assert not list(config.parent.glob("config.toml.dpkg-*"))
     res = root.run("nvidia-container-cli --version", env={"NVC_LAUNCHER_TRACE": "1"})
     assert res.stderr == "nvc-launcher: isolated=1 no_site=1 site=False\n"
-    assert root.run("ls /usr/lib/nvc/lib/python3.11/site-packages/nvc/__pycache__/hook.cpython-311.pyc").returncode == 0
+    site = "/usr/lib/nvc/lib/python3.11/site-packages"
+    assert root.run(f"ls {site}/nvc/commands/__pycache__/hook.cpython-311.pyc").returncode == 0
 
 
 def test_purge_leaves_nothing_behind(installed):

@@ -6,7 +6,7 @@ than the development set-up the rest of the benchmarks measure. In N interleaved
 alternates), this times:
   - ``nvidia-container-runtime-hook prestart`` for a container that asks for no GPU (the hook's start-up: the
     interpreter, the launcher, ``nvc.commands.hook``, config.toml, the bundle's config.json; it then exits 0), and
-  - ``nvidia-container-cli --version`` (interpreter, launcher, ``nvc.request.argv``),
+  - ``nvidia-container-cli --version`` (interpreter, launcher, ``nvc.commands.cli_main``),
 once as installed by the package in a Debian root (``chroot ROOT /usr/bin/...``: the venv in /usr/lib/nvc on the
 root's python3.11, byte-compiled by postinst) and once from the development venv (``chroot / DEV_BIN/...``: the
 same ``chroot`` exec, the host's python3.11 and the venv that ``scripts/setup.sh`` made, an editable install).

@@ -56,7 +56,7 @@ def make_install(prefix: Path, repo: Path) -> Path:
             if not (site / entry.name).exists():
                 (site / entry.name).symlink_to(entry)
     (site / "nvc").symlink_to(repo / "nvc")
-    (prefix / "bin/nvc").write_text(f"#!{prefix}/bin/python\nimport sys\nfrom nvc.commands.cli import "
+    (prefix / "bin/nvc").write_text(f"#!{prefix}/bin/python\nimport sys\nfrom nvc.commands.cli_main import "
         f"main\nsys.exit(main())\n")
     (prefix / "bin/nvc").chmod(0o755)
     for name in LAUNCHERS:

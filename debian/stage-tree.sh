@@ -30,7 +30,7 @@ rm -rf "$site/bin"  # pip --target's scripts carry the build interpreter's sheba
 find "$site" -name direct_url.json -delete
 
 # 3. The commands: `nvc` (the launchers take their interpreter from its shebang) and every fast launcher.
-printf '#!%s/bin/python3\nimport sys\n\nfrom nvc.commands.cli import main\n\nsys.exit(main())\n' "$prefix" >"$venv/bin/nvc"
+printf '#!%s/bin/python3\nimport sys\n\nfrom nvc.commands.cli_main import main\n\nsys.exit(main())\n' "$prefix" >"$venv/bin/nvc"
 chmod 0755 "$venv/bin/nvc"
 tools=nvc
 for launcher in scripts/launchers/*; do
@@ -46,7 +46,7 @@ for tool in $tools; do
     [ "$tool" = nvc ] || grep -q "nvc's fast launcher" "$venv/bin/$tool"
 done
 PYTHONPATH=$site $PY "$venv/bin/nvidia-container-cli" --version | grep -q '^cli-version: '
-PYTHONPATH=$site $PY -c 'import click, cffi, elftools, pynvml, tomlkit, nvc.commands.cli, nvc.commands.hook, nvc.sys'
+PYTHONPATH=$site $PY -c 'import click, cffi, elftools, pynvml, tomlkit, nvc.commands.cli_main, nvc.commands.cli, nvc.commands.hook, nvc.sys'
 $PY -m compileall -q "$site" >/dev/null  # postinst compiles the same files: none may fail there
 PYTHONPATH=$site $PY -m nvc.bytecode_bundle >/dev/null  # and writes the bundle the same way
 find "$site" -depth -type d -name __pycache__ -exec rm -rf {} +

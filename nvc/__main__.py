@@ -2,6 +2,6 @@
 
 import sys
 
-from nvc.request.argv import main
+from nvc.commands.cli_main import main
 
 sys.exit(main())

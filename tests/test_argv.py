@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from nvc.commands import cli
+from nvc.commands import cli, cli_main, configure
 from nvc.request import argv as grammar
 
 RUNSC = ["--load-kmods", "configure", "--ldconfig=@/sbin/ldconfig", "--no-cgroups", "--pid=4242", "--device=0,1",
@@ -107,7 +107,8 @@ CLICK_LINES = [
 def _outcome(entry, args, monkeypatch, capsys):
     """(exit status, stdout, stderr, what configure was asked) of one run."""
     calls = []
-    monkeypatch.setattr(grammar, "run_configure", lambda opts, request, dry_run: calls.append((opts, request, dry_run)))
+    monkeypatch.setattr(configure, "run_configure",
+                        lambda opts, request, dry_run: calls.append((opts, request, dry_run)))
     monkeypatch.setattr(sys, "argv", ["nvidia-container-cli"])
     code = entry(list(args))
     out, err = capsys.readouterr()
@@ -126,7 +127,7 @@ def test_table_sizes():
 @pytest.mark.parametrize("args", FAST_LINES, ids=" ".join)
 def test_fast_parser_agrees_with_click(args, monkeypatch, capsys):
     assert grammar.parse_command_line(args) is not None
-    fast = _outcome(grammar.main, args, monkeypatch, capsys)
+    fast = _outcome(cli_main.main, args, monkeypatch, capsys)
     slow = _outcome(cli.click_main, args, monkeypatch, capsys)
     assert fast == slow
     if "--version" not in args and "-V" not in args and "-kV" not in args:
@@ -134,14 +135,14 @@ def test_fast_parser_agrees_with_click(args, monkeypatch, capsys):
 
 
 def test_runsc_and_containerd_requests(monkeypatch, capsys):
-    code, _, err, calls = _outcome(grammar.main, RUNSC, monkeypatch, capsys)
+    code, _, err, calls = _outcome(cli_main.main, RUNSC, monkeypatch, capsys)
     assert code == 0, err
     (opts, request, dry_run), = calls
     assert opts.load_kmods and opts.root == "/" and not dry_run
     assert request.pid == 4242 and request.devices == ("0", "1") and request.no_cgroups
     assert request.ldconfig == "@/sbin/ldconfig" and request.cuda_compat_mode == "mount"
     assert sorted(request.capabilities) == ["compute", "utility"]
-    code, _, err, calls = _outcome(grammar.main, CONTAINERD, monkeypatch, capsys)
+    code, _, err, calls = _outcome(cli_main.main, CONTAINERD, monkeypatch, capsys)
     (opts, request, _), = calls
     assert request.pid == 123 and request.devices == ("0",) and not request.no_cgroups
     assert sorted(request.capabilities) == ["compat32", "compute", "display", "graphics", "utility", "video"]
@@ -150,14 +151,14 @@ def test_runsc_and_containerd_requests(monkeypatch, capsys):
 @pytest.mark.parametrize("args", CLICK_LINES, ids=lambda a: " ".join(a) or "<empty>")
 def test_fast_parser_leaves_the_rest_to_click(args, monkeypatch, capsys):
     assert grammar.parse_command_line(args) is None
-    assert _outcome(grammar.main, args, monkeypatch, capsys) == _outcome(cli.click_main, args, monkeypatch, capsys)
+    assert _outcome(cli_main.main, args, monkeypatch, capsys) == _outcome(cli.click_main, args, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("root_env", ["/from/env", ""])
 def test_driver_root_from_environment(root_env, monkeypatch, capsys):
     monkeypatch.setenv("NVC_DRIVER_ROOT", root_env)
     for args in (RUNSC, ["--root=/given", *RUNSC]):
-        fast = _outcome(grammar.main, args, monkeypatch, capsys)
+        fast = _outcome(cli_main.main, args, monkeypatch, capsys)
         assert fast == _outcome(cli.click_main, args, monkeypatch, capsys)
         expected = "/given" if args[0] == "--root=/given" else (root_env or "/")
         assert fast[3][0][0].root == expected
@@ -197,7 +198,7 @@ def test_random_lines_agree(monkeypatch, capsys):
         if "/rootfs" not in line:
             line.append("/rootfs")
         assert grammar.parse_command_line(line) is not None, line
-        fast = _outcome(grammar.main, line, monkeypatch, capsys)
+        fast = _outcome(cli_main.main, line, monkeypatch, capsys)
         assert fast == _outcome(cli.click_main, line, monkeypatch, capsys), line
 
 
@@ -211,14 +212,14 @@ def _python_without_click(code: str, env: dict | None = None) -> subprocess.Comp
 
 
 def test_version_and_configure_errors_do_not_import_click():
-    res = _python_without_click("sys.argv[0] = 'nvidia-container-cli'\nfrom nvc.request.argv import main\n"
+    res = _python_without_click("sys.argv[0] = 'nvidia-container-cli'\nfrom nvc.commands.cli_main import main\n"
                                 "sys.exit(main(['--version']))")
     assert res.returncode == 0 and res.stdout.startswith("cli-version: ") and "CLICK" not in res.stderr
-    res = _python_without_click("sys.argv[0] = 'nvidia-container-cli'\nfrom nvc.request.argv import main\n"
+    res = _python_without_click("sys.argv[0] = 'nvidia-container-cli'\nfrom nvc.commands.cli_main import main\n"
                                 "sys.exit(main(['--load-kmods', 'configure', '--pid=1', '/']))")
     assert res.returncode == 1
     assert res.stderr == "nvidia-container-cli: input error: invalid rootfs directory\n"
-    res = _python_without_click("from nvc.request.argv import main\nsys.exit(main(['configure', '--help']))")
+    res = _python_without_click("from nvc.commands.cli_main import main\nsys.exit(main(['configure', '--help']))")
     assert res.returncode == 0 and "--cuda-compat-mode" in res.stdout and "CLICK-IMPORTED" in res.stderr
 
 
@@ -229,7 +230,7 @@ def test_configure_dry_run_does_not_import_click(host, tmp_path):
         (rootfs / d).mkdir(parents=True)
     args = ["--root", str(host.root), "configure", "--dry-run", "--ldconfig=@/sbin/ldconfig", "--no-cgroups",
             "--device=0", "--compute", "--utility", str(rootfs)]
-    res = _python_without_click(f"from nvc.request.argv import main\nsys.exit(main({args!r}))", env=host.env)
+    res = _python_without_click(f"from nvc.commands.cli_main import main\nsys.exit(main({args!r}))", env=host.env)
     assert res.returncode == 0, res.stderr
     assert "CLICK-IMPORTED" not in res.stderr
     assert "bind library" in res.stdout and "/usr/lib64/libcuda.so." in res.stdout

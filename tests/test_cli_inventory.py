@@ -47,7 +47,7 @@ FIRMWARE = [f"/lib/firmware/nvidia/{V}/gsp_ga10x.bin", f"/lib/firmware/nvidia/{V
 def run_nvc(*args: str, env_extra: dict[str, str] | None = None, prog: str = "nvc") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NVML_STUB")}
     env.update(env_extra or {})
-    code = f"import sys; sys.argv[0] = {prog!r}; from nvc.commands.cli import main; sys.exit(main())"
+    code = f"import sys; sys.argv[0] = {prog!r}; from nvc.commands.cli_main import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
                           check=False, timeout=60)
 

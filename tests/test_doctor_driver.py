@@ -140,7 +140,7 @@ def test_fresh_nvml_failure_is_seen_despite_a_warm_cache(stub_env, tmp_path, mon
 def run_nvc(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NVML_STUB", "NVC_DRIVER_ROOT"))}
     env.update(env_extra or {})
-    code = "import sys; sys.argv[0] = 'nvc'; from nvc.commands.cli import main; sys.exit(main())"
+    code = "import sys; sys.argv[0] = 'nvc'; from nvc.commands.cli_main import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, env=env,
                           check=False, timeout=120)
 

@@ -97,7 +97,7 @@ def test_warm_cli_configure_imports_nothing_heavy(tmp_path, host, tools):
     _, env = tools
     bundle = _bundle(tmp_path)
     code = (f"import sys; sys.path[:0] = {_launcher_path()!r}; sys.argv[0] = 'nvidia-container-cli'\n"
-            f"{REPORT}from nvc.request.argv import main; sys.exit(main())")  # fmt: skip
+            f"{REPORT}from nvc.commands.cli_main import main; sys.exit(main())")  # fmt: skip
     for attempt in range(2):
         res = _run_in_held_namespace(
             lambda pid: [sys.executable, "-I", "-S", "-c", code, "--load-kmods", "configure", "--device=0",

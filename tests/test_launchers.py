@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAUNCHERS = {"nvidia-container-cli": "nvc.request.argv", "nvidia-container-runtime-hook": "nvc.commands.hook",
+LAUNCHERS = {"nvidia-container-cli": "nvc.commands.cli_main", "nvidia-container-runtime-hook": "nvc.commands.hook",
              "nvidia-container-runtime": "nvc.commands.runtime_shim", "nvidia-cdi-hook": "nvc.commands.cdi_hook"}
 
 
@@ -30,7 +30,7 @@ def test_launchers_are_one_template_and_packaged():
             assert begin and end
             text = head + tail
         fast = '"nvc.commands.prefilter:hook_launcher_skips"' if module == "nvc.commands.hook" else "None"
-        assert text == template.replace('MODULE = "nvc.request.argv"', f'MODULE = "{module}"').replace(
+        assert text == template.replace('MODULE = "nvc.commands.cli_main"', f'MODULE = "{module}"').replace(
             "FAST = None", f"FAST = {fast}"), name
         assert text.startswith("#!/bin/sh\n")  # pip rewrites only #!python, and drops what follows it
         assert os.access(path, os.X_OK)
@@ -47,7 +47,8 @@ def _fake_bin(bindir: Path, interpreter: str = sys.executable) -> Path:
     """A scripts directory as pip leaves it: the `nvc` console script (its shebang names the interpreter) and the
     launcher, copied as is."""
     bindir.mkdir(parents=True)
-    (bindir / "nvc").write_text(f"#!{interpreter}\nimport sys\nfrom nvc.commands.cli import main\nsys.exit(main())\n")
+    (bindir / "nvc").write_text(f"#!{interpreter}\nimport sys\nfrom nvc.commands.cli_main import main\n"
+                                "sys.exit(main())\n")
     (bindir / "nvc").chmod(0o755)
     shutil.copy2(REPO / "scripts/launchers/nvidia-container-cli", bindir / "nvidia-container-cli")
     return bindir / "nvidia-container-cli"

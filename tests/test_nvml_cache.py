@@ -369,7 +369,7 @@ def test_import_is_cheap():
 
 
 def _run_cli(env: dict[str, str], *args: str, prog: str = "nvc") -> tuple[subprocess.CompletedProcess, float]:
-    code = f"import sys; sys.argv[0] = {prog!r}; from nvc.commands.cli import main; sys.exit(main())"
+    code = f"import sys; sys.argv[0] = {prog!r}; from nvc.commands.cli_main import main; sys.exit(main())"
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
                          check=False, timeout=60)

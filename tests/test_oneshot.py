@@ -51,7 +51,7 @@ def test_begin_turns_the_cycle_collector_off():
 
 def test_entry_points_called_with_argv_return():
     """A test (or any caller) that passes argv gets the code back and a process that goes on."""
-    res = _run("import gc\nfrom nvc.commands.hook import main as hook\nfrom nvc.request.argv import main as cli\n"
+    res = _run("import gc\nfrom nvc.commands.hook import main as hook\nfrom nvc.commands.cli_main import main as cli\n"
                "print(hook(['poststart']), cli(['--version']) , gc.isenabled())")  # fmt: skip
     assert res.returncode == 0
     assert res.stdout.splitlines()[-1] == "0 0 True"

@@ -120,7 +120,9 @@ def list_(opts: GlobalOptions, as_json: bool, **options) -> None:
 @click.pass_obj
 def configure(opts: GlobalOptions, rootfs: str | None, pid: int | None, dry_run: bool, **options) -> None:
     """Configure a container with GPU support by exposing device drivers to it."""
-    grammar.run_configure(opts, grammar.configure_request(rootfs, options, pid), dry_run)
+    from nvc.commands import configure
+
+    configure.run_configure(opts, grammar.configure_request(rootfs, options, pid), dry_run)
 
 
 @cli.command(name="oci-edits")
@@ -360,12 +362,6 @@ def _doctor_root(global_root: str, doctor_root: str | None) -> str:
     return doctor_root
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of both console scripts: the click-free fast path (nvc.request.argv) for configure and --version,
-    click for everything else."""
-    return grammar.main(argv)
-
-
 def click_main(argv: list[str] | None = None) -> int:
     """Run the command line through click: turn every failure into one line and exit 1."""
     prog = _prog_name()
@@ -399,4 +395,4 @@ def click_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(click_main())

@@ -8,6 +8,7 @@ mount namespace (or print it with ``--dry-run``).
 from __future__ import annotations
 
 import os
+import sys
 
 from nvc.errors import NvcError
 from nvc.record import replace
@@ -94,3 +95,12 @@ def configure_container(
 
     exec_ldconfig = request.exec_ldconfig or os.environ.get("NVC_EXEC_LDCONFIG", "") not in ("", "0")
     return apply_plan(plan, request.pid, log or DebugLog(opts.debug), write_ldcache=not exec_ldconfig)
+
+
+def run_configure(opts, request, dry_run: bool) -> None:
+    """The configure command's body, whichever parser read the line (tests replace it to compare the parsers)."""
+    lines = configure_container(opts, request, dry_run=dry_run)
+    write = sys.stdout.write
+    for line in lines:
+        write(f"{line}\n")
+    sys.stdout.flush()

@@ -218,7 +218,7 @@ def test_bind_mount_options():
 def make_plan(host, rootfs: Path, monkeypatch, devices=("0",), caps=(Capability.COMPUTE, Capability.UTILITY),
               **request) -> Plan:
     """The planner's real output for the fake host (its NVML stub answers through the child's environment)."""
-    from nvc.commands.configure import build_plan
+    from nvc.plan.build import build_plan
     from nvc.request.configure_request import ConfigureRequest
     from nvc.request.options import GlobalOptions
 

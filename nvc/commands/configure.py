@@ -1,8 +1,8 @@
 """``configure``: from a request to a container that has the driver, or to one error line and nothing changed.
 
 Order of work, as libnvidia-container: check privileges and input, ask NVML (driver version, GPUs), select the
-devices, check the image's requirements, read the image's layout, plan, then apply the plan inside the container's
-mount namespace (or print it with ``--dry-run``).
+devices, check the image's requirements, read the image's layout, plan (all of it :func:`nvc.plan.build.build_plan`),
+then apply the plan inside the container's mount namespace (or print it with ``--dry-run``).
 """
 
 from __future__ import annotations
@@ -13,49 +13,11 @@ import sys
 from nvc.errors import NvcError
 from nvc.record import replace
 from nvc.request.configure_request import ConfigureRequest
-from nvc.request.device_select import imex_channel_numbers, mig_option_enabled, select_devices
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from nvc.debuglog import DebugLog
-    from nvc.plan.planner import Plan
     from nvc.request.options import GlobalOptions
-
-
-def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
-    """Everything up to the plan: NVML, device selection, requirements, image layout."""
-    from nvc.host.inventory import build_inventory
-    from nvc.plan.planner import plan_configure
-    from nvc.request.container_layout import inspect_rootfs
-
-    requirements = None
-    if request.requirements:  # most containers have none: keep the expression parser off the hot path
-        from nvc.request.requirements import parse_requirements
-
-        requirements = parse_requirements(request.requirements)
-    if request.gvisor:
-        from nvc.request.gvisor import check_capabilities
-
-        check_capabilities(request.capabilities)
-    if not os.path.isdir(request.rootfs):
-        raise NvcError("input", f"invalid rootfs directory: {request.rootfs}")
-    inventory = build_inventory(opts.root, opts.ldcache, opts.user, load_kmods=opts.load_kmods)
-    driver = inventory.driver_info
-    assert driver is not None  # build_inventory raises when NVML fails unless asked not to
-    selection = select_devices(request.devices, driver.gpus)
-    if request.gvisor:
-        from nvc.request.gvisor import check_minors
-
-        check_minors([gpu.minor for gpu in selection.gpus])
-    if requirements is not None:
-        from nvc.request.requirements import check_requirements
-
-        check_requirements(requirements, driver, selection.gpus)
-    mig_config = mig_option_enabled(request.mig_config, selection.gpus)
-    mig_monitor = mig_option_enabled(request.mig_monitor, selection.gpus)
-    layout = inspect_rootfs(request.rootfs)
-    return plan_configure(inventory, request, layout, selection, mig_config, mig_monitor,
-                          imex_channel_numbers(request.imex_channels))
 
 
 def _check_alive(pid: int) -> None:
@@ -87,6 +49,8 @@ def configure_container(
 
         if is_gofer(request.pid):
             request = replace(request, gvisor=True, no_cgroups=True)
+    from nvc.plan.build import build_plan
+
     plan = build_plan(opts, request)
     if dry_run:
         return [describe(op) for op in plan.operations]

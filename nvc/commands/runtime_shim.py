@@ -386,9 +386,9 @@ def spec_with_edits(
 ) -> dict[str, Any]:
     """Plan in-process for the bundle's rootfs and merge the plan as spec edits; writes the merged ld.so.cache
     to ``<bundle>/nvc-ld.so.cache`` (mounted over the container's ``/etc/ld.so.cache``)."""
-    from nvc.commands.configure import build_plan
     from nvc.commands.hook import container_rootfs
     from nvc.emit.oci_edits import LDCACHE_FILE_NAME, apply_edits, edits_for_plan, write_file_atomic
+    from nvc.plan.build import build_plan
     from nvc.record import replace
     from nvc.request.container_request import configure_request_from_gpu, global_options_from_config
 

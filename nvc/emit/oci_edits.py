@@ -409,7 +409,7 @@ def oci_edits_command(
     """``nvc oci-edits``: plan ``request`` (a :class:`~nvc.request.configure_request.ConfigureRequest` for the image's
     rootfs, no pid), write the merged ld.so.cache to ``ldcache_out`` when given (it is then mounted over
     ``/etc/ld.so.cache``), and return (the JSON document to print, the notes and plan warnings for stderr)."""
-    from nvc.commands.configure import build_plan
+    from nvc.plan.build import build_plan
 
     plan = build_plan(opts, request)
     source = os.path.abspath(ldcache_out) if ldcache_out else None

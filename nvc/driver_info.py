@@ -2,6 +2,9 @@
 
 These records cross a process boundary (the NVML helper child sends them back as JSON) and will later be cached
 on disk, so they are frozen records (nvc.record) with a lossless ``to_dict``/``from_dict`` pair and nothing else.
+:class:`DeviceSelection` (some of these GPUs and MIG devices) is here too: the request side makes one
+(:mod:`nvc.request.device_select`), the host side looks up its device nodes (:mod:`nvc.host.device_nodes`), and
+neither imports the other.
 """
 
 from __future__ import annotations
@@ -59,3 +62,15 @@ class DriverInfo:
             for gpu in data.get("gpus", ())
         )
         return cls(driver_version=data["driver_version"], cuda_version=data["cuda_version"], gpus=gpus)
+
+
+@record(frozen=True)
+class DeviceSelection:
+    """Selected GPUs (index order) and MIG devices as (parent GPU, MIG device) pairs."""
+
+    gpus: tuple[GpuInfo, ...] = ()
+    migs: tuple[tuple[GpuInfo, MigDevice], ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.gpus and not self.migs

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nvc.components import Capability
-from nvc.driver_info import DriverInfo
+from nvc.driver_info import DeviceSelection, DriverInfo
 from nvc.host.inventory import Inventory
 from nvc.request.container_layout import library_dirs
 from nvc.request.device_select import (
-    DeviceSelection,
     imex_channel_numbers,
     mig_option_enabled,
     select_devices,

@@ -12,9 +12,9 @@ import stat
 
 from nvc import components as comp
 from nvc.components import Capability
+from nvc.driver_info import DeviceSelection
 from nvc.host.proc_driver import parse_mig_minors
 from nvc.record import record
-from nvc.request.device_select import DeviceSelection
 from nvc.rootpath import host_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)

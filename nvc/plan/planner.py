@@ -16,6 +16,7 @@ import os
 
 from nvc import components as comp
 from nvc.components import Capability
+from nvc.driver_info import DeviceSelection
 from nvc.host import device_nodes
 from nvc.host.discovery import DriverFile, filter_by_capabilities
 from nvc.host.inventory import Inventory
@@ -23,7 +24,6 @@ from nvc.host.proc_driver import proc_bus_id
 from nvc.record import field, record
 from nvc.request.configure_request import ConfigureRequest
 from nvc.request.container_layout import BINARY_DIR, CUDA_COMPAT_DIR, ContainerLayout
-from nvc.request.device_select import DeviceSelection
 from nvc.request.gvisor import SUPPORTED_DEVICES as GVISOR_DEVICES
 from nvc.rootpath import host_path
 

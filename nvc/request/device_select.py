@@ -7,9 +7,8 @@ Anything else is ``device error: <item>: unknown device``, NVIDIA's wording.
 
 from __future__ import annotations
 
-from nvc.driver_info import GpuInfo, MigDevice
+from nvc.driver_info import DeviceSelection, GpuInfo, MigDevice
 from nvc.errors import NvcError
-from nvc.record import record
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the OCI hook milliseconds at start-up
 if TYPE_CHECKING:
@@ -17,18 +16,6 @@ if TYPE_CHECKING:
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _PCI_FUNCTIONS = frozenset("01234567")
-
-
-@record(frozen=True)
-class DeviceSelection:
-    """Selected GPUs (index order) and MIG devices as (parent GPU, MIG device) pairs."""
-
-    gpus: tuple[GpuInfo, ...] = ()
-    migs: tuple[tuple[GpuInfo, MigDevice], ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not self.gpus and not self.migs
 
 
 def split_device_list(values: Iterable[str]) -> list[str]:

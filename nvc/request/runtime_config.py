@@ -264,7 +264,7 @@ def _normalize(config: RuntimeConfig, path_exists: PathExists) -> RuntimeConfig:
 # --- the parsed-config cache -----------------------------------------------------------------------------------
 # config.toml changes rarely and every container start reads it: the parsed value (before the host-dependent
 # ldconfig normalisation, redone on every load) is kept in the NVML answer cache's directory, under the same rules
-# (nvc.host.nvml.cache: a 0700 root-owned directory, 0600 files of ours, never followed through a symlink), keyed by the
+# (nvc.private_files: a 0700 root-owned directory, 0600 files of ours, never followed through a symlink), keyed by the
 # file's path and identity (device, inode, size, mtime, ctime). Any cache problem just means parsing the file.
 
 _CACHE_FORMAT = 2  # 2: cuda-compat-mode "" and the environment entry check (an entry cached under 1 skipped them)
@@ -283,7 +283,7 @@ def _config_key(path: str, identity: list[int]) -> dict[str, Any]:
 
 
 def _cached_config(path: str, path_exists: PathExists) -> RuntimeConfig | None:
-    from nvc.host.nvml import cache as store
+    from nvc import private_files as store
 
     if store.caching_disabled():
         return None
@@ -315,7 +315,7 @@ def _store_config(path: str, identity: list[int] | None, config: RuntimeConfig) 
     import contextlib
     import json
 
-    from nvc.host.nvml import cache as store
+    from nvc import private_files as store
 
     if identity is None or store.caching_disabled():
         return

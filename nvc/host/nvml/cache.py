@@ -41,12 +41,18 @@ import os
 from nvc.private_files import (  # noqa: F401 - the directory's rules live there; re-exported for its users
     CACHE_DIR_ENV,
     DEFAULT_CACHE_DIR,
+    MAX_ENTRIES,
     MAX_ENTRY_BYTES,
     NO_CACHE_ENV,
+    STALE_TMP_SECONDS,
     cache_dir_path,
     caching_disabled,
+    entry_name,
     open_cache_dir,
+    read_json_entry,
     read_private_file,
+    sha256_hex,
+    write_private_file,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
@@ -58,23 +64,10 @@ if TYPE_CHECKING:
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"  # the host's, whatever the driver root
 FORMAT = 1
-MAX_ENTRIES = 64  # entries kept in the directory; the oldest go when a write passes this
 MAX_PROC_BYTES = 1 << 16  # /proc files we digest are a few hundred bytes
 MAX_CAP_NAMES = 8192  # a capabilities tree larger than this is not cached
-STALE_TMP_SECONDS = 60.0  # a temporary file older than this was left by a crashed writer
 
 _PROC = "/proc/driver/nvidia"
-_ENTRY_SUFFIX = ".json"
-_HEX = frozenset("0123456789abcdef")
-
-
-def sha256_hex(data: bytes) -> str:
-    """SHA-256 hex digest without importing :mod:`hashlib` (3 ms of OpenSSL set-up on the hot path)."""
-    try:
-        from _sha256 import sha256  # CPython's builtin implementation: no OpenSSL to load
-    except ImportError:  # pragma: no cover - a Python built without it
-        from hashlib import sha256
-    return sha256(data).hexdigest()
 
 
 def cached_query(
@@ -127,13 +120,6 @@ class _State:
         self.gpus = gpus
         self.mig_caps = mig_caps
         self.name = entry_name(key)
-
-
-def entry_name(key: dict[str, Any]) -> str:
-    """The file name of the entry for ``key``: the SHA-256 of its canonical JSON, ``.json``."""
-    from nvc import jsonfast
-
-    return sha256_hex(jsonfast.dumps(key, sort_keys=True).encode()) + _ENTRY_SUFFIX
 
 
 def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None) -> _State | None:
@@ -243,29 +229,6 @@ def _load(dir_fd: int, state: _State) -> DriverInfo | None:
     return info
 
 
-def read_json_entry(dir_fd: int, name: str) -> dict[str, Any] | None:
-    """:func:`read_private_file` decoded as a JSON object; ``None`` when unsafe, missing or not an object."""
-    from nvc import jsonfast
-
-    data = read_private_file(dir_fd, name)
-    if data is None:
-        return None
-    try:
-        entry = jsonfast.loads(data)
-    except ValueError:
-        return None
-    return entry if isinstance(entry, dict) else None
-
-
-def write_private_file(dir_fd: int, name: str, data: bytes) -> None:
-    """Write ``name`` atomically: a private (0600) temporary file in the same directory, renamed over the name,
-    then prune the directory (:func:`_prune`). Raises on failure (callers suppress)."""
-    from nvc.atomic_write import replace_file
-
-    replace_file(name, data, 0o600, dir_fd=dir_fd)
-    _prune(dir_fd, keep=name)
-
-
 def _store(dir_fd: int, state: _State, info: DriverInfo) -> None:
     """Write the entry atomically: a private temporary file in the same directory, renamed over the name."""
     import json
@@ -279,46 +242,3 @@ def _store(dir_fd: int, state: _State, info: DriverInfo) -> None:
         sort_keys=True,
     ).encode()
     write_private_file(dir_fd, state.name, data)
-
-
-def _is_entry_name(name: str) -> bool:
-    stem = name[: -len(_ENTRY_SUFFIX)]
-    return name.endswith(_ENTRY_SUFFIX) and len(stem) == 64 and set(stem) <= _HEX
-
-
-def _prune(dir_fd: int, keep: str) -> None:
-    """Bound the directory: drop the oldest entries beyond :data:`MAX_ENTRIES` and stale temporary files.
-
-    Only names this module writes are touched, so a directory shared through ``$NVC_CACHE_DIR`` keeps its other
-    files. Runs after a write only (the slow path).
-    """
-    import time
-
-    now = time.time()
-    entries: list[tuple[int, str]] = []
-    with os.scandir(dir_fd) as it:
-        for item in it:
-            name = item.name
-            if name == keep:
-                continue
-            try:
-                st = item.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if name.startswith(".") and name.endswith(".tmp") and _is_entry_name(name[1:70]):
-                if now - st.st_mtime > STALE_TMP_SECONDS:
-                    _unlink(dir_fd, name)
-            elif _is_entry_name(name):
-                entries.append((st.st_mtime_ns, name))
-    excess = len(entries) + 1 - MAX_ENTRIES
-    if excess > 0:
-        entries.sort()
-        for _mtime, name in entries[:excess]:
-            _unlink(dir_fd, name)
-
-
-def _unlink(dir_fd: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        pass

@@ -56,8 +56,11 @@ def make_install(prefix: Path, repo: Path) -> Path:
             if not (site / entry.name).exists():
                 (site / entry.name).symlink_to(entry)
     (site / "nvc").symlink_to(repo / "nvc")
-    (prefix / "bin/nvc").write_text(f"#!{prefix}/bin/python\nimport sys\nfrom nvc.commands.cli_main import "
-        f"main\nsys.exit(main())\n")
+    from fixtures.tools import console_entry
+
+    module, function = console_entry(repo)  # an older checkout's entry point may live elsewhere
+    (prefix / "bin/nvc").write_text(f"#!{prefix}/bin/python\nimport sys\nfrom {module} import {function}\n"
+                                    f"sys.exit({function}())\n")
     (prefix / "bin/nvc").chmod(0o755)
     for name in LAUNCHERS:
         shutil.copy2(repo / "scripts/launchers" / name, prefix / "bin" / name)

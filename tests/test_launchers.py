@@ -108,3 +108,17 @@ def test_normal_install_runs_isolated_without_site(tmp_path):
     assert "site=False" in res.stderr
     res = _run([str(venv / "bin/nvidia-container-runtime-hook"), "poststart"])
     assert "isolated=1 no_site=1" in res.stderr
+
+
+def test_the_fixture_wrappers_and_benches_read_the_same_entry_points_as_the_launchers():
+    """fixtures/tools.py's wrappers import TOOLS; a bench's --compare reads an older checkout's modules from its
+    launchers and pyproject (launcher_modules, console_entry): here, all of them name the same, existing mains."""
+    import importlib
+
+    from fixtures.tools import TOOLS, console_entry, launcher_modules
+
+    assert launcher_modules(REPO) == TOOLS == LAUNCHERS
+    module, function = console_entry(REPO)
+    assert (module, function) == ("nvc.commands.cli_main", "main")
+    for name in (*TOOLS.values(), module):
+        assert callable(importlib.import_module(name).main), name

@@ -179,7 +179,7 @@ def main() -> int:
     args = parser.parse_args()
     from fixtures.gpu_host import make_gpu_host
     from fixtures.rootfs import busybox_rootfs, safe_rmtree
-    from fixtures.tools import install_tools
+    from fixtures.tools import TOOLS, install_tools, launcher_modules
 
     work = Path(tempfile.mkdtemp(prefix="nvc-bench-cdi-"))
     hosts = Path(tempfile.mkdtemp(prefix="nvc-bench-cdi-hosts-"))
@@ -202,10 +202,14 @@ def main() -> int:
                 bindir = hosts / f"bin{count}-{version}"
                 env = install_tools(bindir, host)
                 env["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
-                if repo != REPO:  # the same wrappers, importing the older checkout's nvc
+                if repo != REPO:  # the same wrappers, importing the older checkout's nvc (its modules' names)
+                    old_modules = launcher_modules(repo)
                     for wrapper in bindir.iterdir():
                         if wrapper.name != "config.toml":
-                            wrapper.write_text(wrapper.read_text().replace(repr(str(REPO)), repr(str(repo))))
+                            text = wrapper.read_text().replace(repr(str(REPO)), repr(str(repo)))
+                            text = text.replace(f"from {TOOLS[wrapper.name]} import",
+                                                f"from {old_modules[wrapper.name]} import")
+                            wrapper.write_text(text)
                 spec = generate_spec(env, str(host.root), repo)
                 setups[count, version] = (env, spec, "0" if count == 1 else "all")
         samples = {(metric, count, variant): [] for metric in METRICS for count in counts for variant in variants}

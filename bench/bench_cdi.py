@@ -179,7 +179,7 @@ def main() -> int:
     args = parser.parse_args()
     from fixtures.gpu_host import make_gpu_host
     from fixtures.rootfs import busybox_rootfs, safe_rmtree
-    from fixtures.tools import TOOLS, install_tools, launcher_modules
+    from fixtures.tools import install_tools, point_tools_at
 
     work = Path(tempfile.mkdtemp(prefix="nvc-bench-cdi-"))
     hosts = Path(tempfile.mkdtemp(prefix="nvc-bench-cdi-hosts-"))
@@ -202,14 +202,8 @@ def main() -> int:
                 bindir = hosts / f"bin{count}-{version}"
                 env = install_tools(bindir, host)
                 env["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
-                if repo != REPO:  # the same wrappers, importing the older checkout's nvc (its modules' names)
-                    old_modules = launcher_modules(repo)
-                    for wrapper in bindir.iterdir():
-                        if wrapper.name != "config.toml":
-                            text = wrapper.read_text().replace(repr(str(REPO)), repr(str(repo)))
-                            text = text.replace(f"from {TOOLS[wrapper.name]} import",
-                                                f"from {old_modules[wrapper.name]} import")
-                            wrapper.write_text(text)
+                if repo != REPO:  # the same wrappers, importing the older checkout's nvc
+                    point_tools_at(bindir, repo)
                 spec = generate_spec(env, str(host.root), repo)
                 setups[count, version] = (env, spec, "0" if count == 1 else "all")
         samples = {(metric, count, variant): [] for metric in METRICS for count in counts for variant in variants}

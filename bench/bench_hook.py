@@ -178,7 +178,7 @@ def main() -> int:
     SETTLE_SECONDS = args.settle_ms / 1000
     from fixtures.gpu_host import make_gpu_host
     from fixtures.rootfs import busybox_rootfs, safe_rmtree
-    from fixtures.tools import TOOLS, install_tools, launcher_modules
+    from fixtures.tools import install_tools, point_tools_at
 
     work = Path(tempfile.mkdtemp(prefix="nvc-bench-"))  # bundles and the NVML answer cache
     hosts = Path(tempfile.mkdtemp(prefix="nvc-bench-hosts-"))  # fake GPU hosts: hard links into the fixture cache
@@ -205,14 +205,8 @@ def main() -> int:
                 bindir = hosts / f"bin{count}-{version}"
                 envs[version, count] = install_tools(bindir, host)
                 envs[version, count]["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
-                if repo != REPO:  # the same wrappers, importing the older checkout's nvc (its modules' names)
-                    old_modules = launcher_modules(repo)
-                    for wrapper in bindir.iterdir():
-                        if wrapper.name != "config.toml":
-                            text = wrapper.read_text().replace(repr(str(REPO)), repr(str(repo)))
-                            text = text.replace(f"from {TOOLS[wrapper.name]} import",
-                                                f"from {old_modules[wrapper.name]} import")
-                            wrapper.write_text(text)
+                if repo != REPO:  # the same wrappers, importing the older checkout's nvc
+                    point_tools_at(bindir, repo)
         for _ in range(args.warmup):  # fixtures, page cache, pyc files, the NVML and inventory answer caches
             for env in envs.values():
                 for kind in KINDS:

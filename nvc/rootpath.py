@@ -80,3 +80,56 @@ def resolve_in_root(root: str, path: str, *, follow_final: bool = True, strict: 
 def exists_in_root(root: str, inner: str) -> bool:
     """True when the already-resolved in-root path names an existing file."""
     return os.path.lexists(host_path(root, inner))
+
+
+class DriverRoot:
+    """A driver root (``--root``) that owns resolution inside itself, so no caller can resolve against the host.
+
+    The root travels from the entry points through the host-side modules; each of them needs "this in-root path,
+    resolved inside the root, as a host path". Holding the root in this value makes that the only way to ask,
+    instead of a convention of pairing :func:`resolve_in_root` with :func:`host_path` at every call site.
+    ``path`` is the root exactly as given (serialize it: cache keys, JSON, argv). Relative roots are accepted as
+    the functions accept them; the entry points decide whether to make them absolute. Immutable and hashable; a
+    plain ``__slots__`` class rather than a record so that the hot path imports nothing more.
+    """
+
+    __slots__ = ("path",)
+    path: str
+
+    def __init__(self, path: str) -> None:
+        if not isinstance(path, str):
+            raise TypeError(f"driver root must be a str, not {type(path).__name__}")
+        object.__setattr__(self, "path", path)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not DriverRoot:
+            return NotImplemented
+        return self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash((DriverRoot, self.path))
+
+    def __repr__(self) -> str:
+        return f"DriverRoot({self.path!r})"
+
+    def host_path(self, inner: str) -> str:
+        """The host path of an already-resolved in-root path (:func:`host_path`)."""
+        return host_path(self.path, inner)
+
+    def resolve(self, inner: str, *, follow_final: bool = True, strict: bool = False) -> str:
+        """``inner`` with its symlinks resolved inside the root, still in-root (:func:`resolve_in_root`)."""
+        return resolve_in_root(self.path, inner, follow_final=follow_final, strict=strict)
+
+    def exists(self, inner: str) -> bool:
+        """True when the already-resolved in-root path names an existing file (:func:`exists_in_root`)."""
+        return exists_in_root(self.path, inner)
+
+    def locate(self, inner: str, *, follow_final: bool = True) -> str:
+        """The host path of ``inner`` once resolved inside the root: what opening it inside the root would open."""
+        return host_path(self.path, resolve_in_root(self.path, inner, follow_final=follow_final))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from nvc.rootpath import RootPathError, exists_in_root, host_path, resolve_in_root
+from nvc.rootpath import DriverRoot, RootPathError, exists_in_root, host_path, resolve_in_root
 
 
 @pytest.fixture
@@ -75,3 +75,57 @@ def test_strict_refuses_missing_components_as_chroot_would(tree):
         resolve_in_root(tree, "/usr/bin/nope/../nvidia-smi", strict=True)
     assert resolve_in_root(tree, "/usr/bin/nope/../nvidia-smi") == "/usr/lib/nvidia/current/nvidia-smi"
     assert resolve_in_root(tree, "/usr/bin/nvidia-smi", strict=True) == "/usr/lib/nvidia/current/nvidia-smi"
+
+
+# DriverRoot: the same answers as the functions, held by a value that cannot resolve against the host.
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        "/usr/bin/nvidia-smi",
+        "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+        "/usr/lib/../../etc/alternatives",
+        "/nope/x",
+    ],
+)
+def test_driver_root_matches_the_functions(tree, inner):
+    root = DriverRoot(tree)
+    assert root.path == tree
+    assert root.host_path(inner) == host_path(tree, inner)
+    assert root.resolve(inner) == resolve_in_root(tree, inner)
+    assert root.resolve(inner, follow_final=False) == resolve_in_root(tree, inner, follow_final=False)
+    resolved = root.resolve(inner)
+    assert root.exists(resolved) == exists_in_root(tree, resolved)
+    assert root.locate(inner) == host_path(tree, resolve_in_root(tree, inner))
+
+
+def test_driver_root_resolves_a_hostile_absolute_link_inside_itself(tree):
+    os.symlink("/usr/lib/nvidia/current/nvidia-smi", f"{tree}/usr/bin/evil")
+    os.remove(f"{tree}/usr/lib/nvidia/current/nvidia-smi")  # only the host has it now
+    root = DriverRoot(tree)
+    assert root.resolve("/usr/bin/evil") == "/usr/lib/nvidia/current/nvidia-smi"
+    assert root.locate("/usr/bin/evil") == f"{tree}/usr/lib/nvidia/current/nvidia-smi"
+    assert not root.exists(root.resolve("/usr/bin/evil"))  # the host's file is not what it finds
+    with pytest.raises(RootPathError):
+        root.resolve("/usr/bin/evil", strict=True)
+
+
+def test_driver_root_locate_keeps_a_final_link_when_asked(tree):
+    root = DriverRoot(tree)
+    assert root.locate("/usr/bin/nvidia-smi", follow_final=False) == f"{tree}/usr/bin/nvidia-smi"
+    assert root.locate("/usr/bin/nvidia-smi") == f"{tree}/usr/lib/nvidia/current/nvidia-smi"
+
+
+def test_driver_root_is_an_immutable_hashable_value():
+    root = DriverRoot("/run/nvidia/driver")
+    assert root == DriverRoot("/run/nvidia/driver") and root != DriverRoot("/")
+    assert len({root, DriverRoot("/run/nvidia/driver")}) == 1
+    assert repr(root) == "DriverRoot('/run/nvidia/driver')"
+    with pytest.raises(AttributeError):
+        root.path = "/"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        DriverRoot(b"/")  # type: ignore[arg-type]
+    assert DriverRoot("/").host_path("/dev/nvidiactl") == "/dev/nvidiactl"
+    # Relative roots are accepted, as the functions accept them: the entry points decide (only configure abspaths).
+    assert DriverRoot("drv").host_path("/x") == "drv/x"

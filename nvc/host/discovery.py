@@ -14,7 +14,7 @@ from nvc import components as comp
 from nvc.components import Capability
 from nvc.errors import NvcError
 from nvc.record import record
-from nvc.rootpath import RootPathError, exists_in_root, host_path, resolve_in_root
+from nvc.rootpath import DriverRoot, RootPathError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -52,11 +52,11 @@ def load_ldcache(driver_root: str, ldcache: str):
     from nvc.host.ldcache import LdCacheError, read_cache
 
     try:
-        inner = resolve_in_root(driver_root, ldcache)
+        cache_host = DriverRoot(driver_root).locate(ldcache)
     except RootPathError as exc:
         raise NvcError("detection", f"{ldcache}: {exc.strerror.lower()}") from None
     try:
-        return read_cache(host_path(driver_root, inner))
+        return read_cache(cache_host)
     except LdCacheError as exc:
         raise NvcError("detection", str(exc)) from None
 
@@ -69,20 +69,21 @@ def _arch_entries(cache, arch_class: int):
             yield entry
 
 
-def _resolve(driver_root: str, path: str) -> str | None:
+def _resolve(root: DriverRoot, path: str) -> str | None:
     try:
-        return resolve_in_root(driver_root, path)
+        return root.resolve(path)
     except RootPathError:
         return None
 
 
 def find_nvml_library(cache, driver_root: str, arch_class: int) -> str:
     """In-root real path of the root's ``libnvidia-ml.so.1`` (last matching cache entry, resolved in the root)."""
+    root = DriverRoot(driver_root)
     found: str | None = None
     for entry in _arch_entries(cache, arch_class):
         if entry.key == NVML_SONAME:
-            inner = _resolve(driver_root, entry.value)
-            if inner is not None and os.path.isfile(host_path(driver_root, inner)):
+            inner = _resolve(root, entry.value)
+            if inner is not None and os.path.isfile(root.host_path(inner)):
                 found = inner
     if found is None:
         raise NvcError(
@@ -130,21 +131,22 @@ def find_libraries(
     names: list[tuple[str, Capability]] = [
         (name, cap) for cap, names in comp.LIBRARIES_BY_CAPABILITY for name in names
     ]
+    root = DriverRoot(driver_root)
     chosen: dict[str, str] = {}
     for entry in _arch_entries(cache, arch_class):
         for name, _cap in names:
             if not entry.key.startswith(name):
                 continue
-            inner = _resolve(driver_root, entry.value)
+            inner = _resolve(root, entry.value)
             previous = chosen.get(name)
             if inner is not None and inner != previous:
-                candidate_host = host_path(driver_root, inner)
-                previous_host = host_path(driver_root, previous) if previous else None
+                candidate_host = root.host_path(inner)
+                previous_host = root.host_path(previous) if previous else None
                 if _accept_library(name, candidate_host, previous_host, version, arch_class):
                     chosen[name] = inner
             break
     return tuple(
-        DriverFile(kind, name, chosen[name], host_path(driver_root, chosen[name]), cap)
+        DriverFile(kind, name, chosen[name], root.host_path(chosen[name]), cap)
         for name, cap in names
         if name in chosen
     )
@@ -165,15 +167,16 @@ def cache_lookup_paths(cache, arch_classes: tuple[int, int | None]) -> set[str]:
 
 def find_binaries(driver_root: str, search_path: str | None = None) -> tuple[DriverFile, ...]:
     """Binaries: the first ``$PATH`` directory (inside the root) holding an executable of that name."""
+    root = DriverRoot(driver_root)
     dirs = [d for d in (search_path or comp.DEFAULT_PATH).split(":") if d.startswith("/")]
     found: list[DriverFile] = []
     for cap, names in comp.BINARIES_BY_CAPABILITY:
         for name in names:
             for directory in dirs:
-                inner = _resolve(driver_root, f"{directory}/{name}")
+                inner = _resolve(root, f"{directory}/{name}")
                 if inner is None:
                     continue
-                full = host_path(driver_root, inner)
+                full = root.host_path(inner)
                 try:
                     st = os.stat(full)
                 except OSError:
@@ -191,29 +194,31 @@ def find_ipcs(driver_root: str, mps_pipe_directory: str | None = None) -> tuple[
         ("nv-fabricmanager", comp.FABRICMANAGER_SOCKET, Capability.UTILITY),
         ("nvidia-mps", mps_pipe_directory or comp.DEFAULT_MPS_PIPE_DIRECTORY, Capability.COMPUTE),
     )
+    root = DriverRoot(driver_root)
     found: list[DriverFile] = []
     for name, path, cap in wanted:
-        inner = _resolve(driver_root, path)
-        if inner is not None and exists_in_root(driver_root, inner):
-            found.append(DriverFile("ipc", name, inner, host_path(driver_root, inner), cap))
+        inner = _resolve(root, path)
+        if inner is not None and root.exists(inner):
+            found.append(DriverFile("ipc", name, inner, root.host_path(inner), cap))
     return tuple(found)
 
 
 def find_firmwares(driver_root: str, version: str) -> tuple[DriverFile, ...]:
     """GSP firmware of this driver version; reported under the unresolved directory name, as NVIDIA does."""
     directory = comp.FIRMWARE_DIR_TEMPLATE.format(version=version)
-    inner_dir = _resolve(driver_root, directory)
+    root = DriverRoot(driver_root)
+    inner_dir = _resolve(root, directory)
     if inner_dir is None:
         return ()
     import glob  # discovery runs on an inventory-cache miss only; glob (+fnmatch, re) stays off the hit path
 
     found: list[DriverFile] = []
-    for full in sorted(glob.glob(os.path.join(host_path(driver_root, inner_dir), comp.FIRMWARE_GLOB))):
+    for full in sorted(glob.glob(os.path.join(root.host_path(inner_dir), comp.FIRMWARE_GLOB))):
         name = os.path.basename(full)
-        inner = _resolve(driver_root, f"{inner_dir}/{name}")
-        if inner is None or not os.path.isfile(host_path(driver_root, inner)):
+        inner = _resolve(root, f"{inner_dir}/{name}")
+        if inner is None or not os.path.isfile(root.host_path(inner)):
             continue
-        found.append(DriverFile("firmware", name, f"{directory}/{name}", host_path(driver_root, inner), None))
+        found.append(DriverFile("firmware", name, f"{directory}/{name}", root.host_path(inner), None))
     return tuple(found)
 
 

@@ -15,11 +15,12 @@ from nvc.components import Capability
 from nvc.driver_info import DeviceSelection
 from nvc.host.proc_driver import parse_mig_minors
 from nvc.record import record
-from nvc.rootpath import host_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from nvc.rootpath import DriverRoot
 
 
 @record(frozen=True)
@@ -53,38 +54,38 @@ def _char_rdev(path: str) -> tuple[int, int] | None:
     return os.major(st.st_rdev), os.minor(st.st_rdev)
 
 
-def control_nodes(driver_root: str) -> tuple[DeviceNode, ...]:
+def control_nodes(driver_root: DriverRoot) -> tuple[DeviceNode, ...]:
     """The control nodes that exist in the root, in NVIDIA's order."""
     nodes = []
     for path, cap in _CONTROL_NODES:
-        full = host_path(driver_root, path)
+        full = driver_root.host_path(path)
         rdev = _char_rdev(full)
         if rdev is not None:
             nodes.append(DeviceNode("control", path, full, rdev[0], rdev[1], cap))
     return tuple(nodes)
 
 
-def gpu_nodes(driver_root: str, selection: DeviceSelection) -> tuple[DeviceNode, ...]:
+def gpu_nodes(driver_root: DriverRoot, selection: DeviceSelection) -> tuple[DeviceNode, ...]:
     """``/dev/nvidiaN`` for each selected GPU (N = NVML minor), whether or not the node exists yet."""
     nodes = []
     for gpu in selection.gpus:
         path = comp.GPU_DEVICE_TEMPLATE.format(minor=gpu.minor)
-        full = host_path(driver_root, path)
+        full = driver_root.host_path(path)
         major, minor = _char_rdev(full) or (comp.NVIDIA_MAJOR, gpu.minor)
         nodes.append(DeviceNode("gpu", path, full, major, minor, gpu_bus_id=gpu.bus_id))
     return tuple(nodes)
 
 
-def _read_mig_minors(driver_root: str) -> dict[str, int]:
+def _read_mig_minors(driver_root: DriverRoot) -> dict[str, int]:
     try:
-        with open(host_path(driver_root, comp.MIG_MINORS_FILE), encoding="utf-8", errors="replace") as f:
+        with open(driver_root.host_path(comp.MIG_MINORS_FILE), encoding="utf-8", errors="replace") as f:
             return parse_mig_minors(f.read())
     except OSError:
         return {}
 
 
 def mig_nodes(
-    driver_root: str, selection: DeviceSelection, mig_config: bool = False, mig_monitor: bool = False
+    driver_root: DriverRoot, selection: DeviceSelection, mig_config: bool = False, mig_monitor: bool = False
 ) -> tuple[DeviceNode, ...]:
     """MIG capability files and their ``/dev/nvidia-caps/nvidia-capN`` nodes (minors from mig-minors)."""
     minors = _read_mig_minors(driver_root)
@@ -106,19 +107,19 @@ def mig_nodes(
         seen.add(key)
         minor = minors[key]
         dev = comp.CAPS_DEVICE_TEMPLATE.format(minor=minor)
-        dev_full = host_path(driver_root, dev)
+        dev_full = driver_root.host_path(dev)
         major, minor = _char_rdev(dev_full) or (0, minor)
-        nodes.append(DeviceNode("mig-cap-file", cap_file, host_path(driver_root, cap_file), major, minor))
+        nodes.append(DeviceNode("mig-cap-file", cap_file, driver_root.host_path(cap_file), major, minor))
         nodes.append(DeviceNode("mig-cap", dev, dev_full, major, minor))
     return tuple(nodes)
 
 
-def imex_nodes(driver_root: str, channels: Iterable[int]) -> tuple[DeviceNode, ...]:
+def imex_nodes(driver_root: DriverRoot, channels: Iterable[int]) -> tuple[DeviceNode, ...]:
     """IMEX channel nodes that exist for the requested channel numbers."""
     nodes = []
     for channel in channels:
         path = comp.IMEX_CHANNEL_TEMPLATE.format(channel=channel)
-        full = host_path(driver_root, path)
+        full = driver_root.host_path(path)
         rdev = _char_rdev(full)
         if rdev is not None:
             nodes.append(DeviceNode("imex", path, full, rdev[0], rdev[1]))

@@ -25,7 +25,7 @@ from nvc.record import field, record
 from nvc.request.configure_request import ConfigureRequest
 from nvc.request.container_layout import BINARY_DIR, CUDA_COMPAT_DIR, ContainerLayout
 from nvc.request.gvisor import SUPPORTED_DEVICES as GVISOR_DEVICES
-from nvc.rootpath import host_path
+from nvc.rootpath import DriverRoot
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -134,17 +134,17 @@ def plan_configure(
 ) -> Plan:
     """Everything configure does for ``request``, in order, as operations. ``dev_root``: where the device nodes
     and MIG minors are looked up when not in the driver root (``nvc cdi generate --dev-root``)."""
-    root = inventory.driver_root
-    nodes_root = dev_root or root
+    root = DriverRoot(inventory.driver_root)
+    nodes_root = DriverRoot(dev_root) if dev_root else root
     files = inventory.files
     caps = effective_capabilities(request.capabilities)
     ops: list[Operation] = []
     warnings: list[str] = []
 
     proc_files = tuple(
-        (name, host_path(root, f"{comp.PROC_DRIVER}/{name}"))
+        (name, root.host_path(f"{comp.PROC_DRIVER}/{name}"))
         for name in PROC_DRIVER_FILES
-        if os.path.isfile(host_path(root, f"{comp.PROC_DRIVER}/{name}"))
+        if os.path.isfile(root.host_path(f"{comp.PROC_DRIVER}/{name}"))
     )
     if not request.gvisor:  # the sentry synthesises /proc/driver/nvidia and hides ROOTFS/proc
         ops.append(Tmpfs(comp.PROC_DRIVER, 0o555, proc_files))
@@ -224,8 +224,8 @@ def plan_configure(
     for node in device_nodes.gpu_nodes(nodes_root, selection):
         device(node)
         proc_dir = f"{comp.PROC_DRIVER}/gpus/{proc_bus_id(node.gpu_bus_id or '')}"
-        if not request.gvisor and os.path.isdir(host_path(root, proc_dir)):
-            ops.append(Bind("proc-gpu", host_path(root, proc_dir), proc_dir, directory=True, noexec=True))
+        if not request.gvisor and os.path.isdir(root.host_path(proc_dir)):
+            ops.append(Bind("proc-gpu", root.host_path(proc_dir), proc_dir, directory=True, noexec=True))
     if request.gvisor:  # no MIG or IMEX under nvproxy
         ops.append(UpdateLdCache(request.ldconfig, tuple(ldconfig_dirs)))
         return Plan(rootfs=request.rootfs, operations=tuple(ops), warnings=tuple(warnings))

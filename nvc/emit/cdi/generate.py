@@ -28,6 +28,7 @@ from typing import Any
 from nvc.components import ALL_CAPABILITIES, Capability
 from nvc.emit.cdi.names import CdiNameError, build_kind, validate_annotations, validate_device_name
 from nvc.errors import NvcError
+from nvc.rootpath import DriverRoot
 
 DEFAULT_VENDOR = "nvidia.com"
 DEFAULT_CLASS = "gpu"
@@ -204,21 +205,19 @@ def _nvml_devices(inventory, request: GenerateRequest, common_paths: set[str]) -
     return devices
 
 
-def management_nodes(dev_root: str) -> list[dict[str, Any]]:
+def management_nodes(dev_root: DriverRoot) -> list[dict[str, Any]]:
     """Every GPU and MIG capability node under ``dev_root``/dev, for ``--mode management``: no NVML needed."""
-    from nvc.rootpath import host_path
-
     found: list[tuple[tuple[int, int], dict[str, Any]]] = []
     for directory, prefix in (("/dev", "nvidia"), ("/dev/nvidia-caps", "nvidia-cap")):
         try:
-            names = os.listdir(host_path(dev_root, directory))
+            names = os.listdir(dev_root.host_path(directory))
         except OSError:
             continue
         for name in names:
             number = name[len(prefix):]
             if not name.startswith(prefix) or not number.isdigit():
                 continue
-            host = host_path(dev_root, f"{directory}/{name}")
+            host = dev_root.host_path(f"{directory}/{name}")
             try:
                 st = os.stat(host)
             except OSError:
@@ -271,7 +270,7 @@ def generate_spec(request: GenerateRequest) -> tuple[dict[str, Any], tuple[str, 
     common_paths = {node["path"] for node in common.get("deviceNodes", ())}
 
     if request.mode == "management":
-        nodes = [n for n in management_nodes(request.dev_root or request.driver_root)
+        nodes = [n for n in management_nodes(DriverRoot(request.dev_root or request.driver_root))
                  if n["path"] not in common_paths]
         devices = [{"name": "all", "containerEdits": {"deviceNodes": nodes}}]
         notes += (f"management mode: one device 'all' with the {len(nodes)} GPU nodes found under /dev",)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nvc.host import kmods
+from nvc.rootpath import DriverRoot
 
 PROC_DEVICES = """Character devices:
   1 mem
@@ -45,7 +46,7 @@ def _node(path: Path) -> tuple[int, int, int]:
 def test_missing_nodes_are_made_from_proc_devices(tmp_path):
     root = _root(tmp_path)
     log = Log()
-    kmods.load_kernel_modules(str(root), [0, 3], log)
+    kmods.load_kernel_modules(DriverRoot(str(root)), [0, 3], log)
     assert _node(root / "dev/nvidiactl") == (195, 255, 0o666)
     assert _node(root / "dev/nvidia0") == (195, 0, 0o666)
     assert _node(root / "dev/nvidia3") == (195, 3, 0o666)
@@ -58,10 +59,10 @@ def test_missing_nodes_are_made_from_proc_devices(tmp_path):
 @pytest.mark.root
 def test_nothing_done_when_modules_are_loaded_and_nodes_present(tmp_path):
     root = _root(tmp_path)
-    kmods.load_kernel_modules(str(root), [0])
+    kmods.load_kernel_modules(DriverRoot(str(root)), [0])
     before = {p.name: os.lstat(p).st_ino for p in (root / "dev").iterdir()}
     log = Log()
-    kmods.load_kernel_modules(str(root), [0], log)
+    kmods.load_kernel_modules(DriverRoot(str(root)), [0], log)
     assert {p.name: os.lstat(p).st_ino for p in (root / "dev").iterdir()} == before
     assert log.lines == ["kernel modules loaded and device nodes present"]
 
@@ -69,12 +70,12 @@ def test_nothing_done_when_modules_are_loaded_and_nodes_present(tmp_path):
 @pytest.mark.root
 def test_uvm_not_loaded_makes_only_frontend_nodes(tmp_path):
     root = _root(tmp_path, uvm=False)
-    kmods.load_kernel_modules(str(root), [1])
+    kmods.load_kernel_modules(DriverRoot(str(root)), [1])
     assert sorted(p.name for p in (root / "dev").iterdir()) == ["nvidia1", "nvidiactl"]
 
 
 def test_no_proc_devices_no_nodes_no_error(tmp_path):
-    kmods.load_kernel_modules(str(tmp_path), [0])
+    kmods.load_kernel_modules(DriverRoot(str(tmp_path)), [0])
     assert not (tmp_path / "dev").exists()
 
 
@@ -85,7 +86,7 @@ def test_existing_file_is_left_alone(tmp_path):
     os.symlink("/nonexistent", root / "dev/nvidia-uvm")
     if os.geteuid() != 0:
         pytest.skip("needs root (mknod)")
-    kmods.load_kernel_modules(str(root), [])
+    kmods.load_kernel_modules(DriverRoot(str(root)), [])
     assert (root / "dev/nvidiactl").read_text() == "not a node"
     assert os.readlink(root / "dev/nvidia-uvm") == "/nonexistent"
     assert _node(root / "dev/nvidia-uvm-tools") == (510, 1, 0o666)
@@ -102,7 +103,7 @@ def test_host_root_runs_nvidia_modprobe_from_path(tmp_path, monkeypatch):
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'empty'}:{bindir}:/usr/bin:/bin")
     monkeypatch.setenv("LD_PRELOAD", "/nonexistent.so")
-    kmods.load_kernel_modules("/", [0, 2])
+    kmods.load_kernel_modules(DriverRoot("/"), [0, 2])
     args, path = record.read_text().splitlines()
     assert args == "-u -c=0 -c=0 -c=2"
     assert path == "/usr/sbin:/usr/bin:/sbin:/bin"  # a fixed PATH, not the caller's
@@ -137,10 +138,10 @@ def test_node_ready_means_the_right_device_with_the_drivers_mode(tmp_path):
 @pytest.mark.root
 def test_stale_node_is_not_taken_as_ready(tmp_path):
     root = _root(tmp_path)
-    kmods.load_kernel_modules(str(root), [0])
+    kmods.load_kernel_modules(DriverRoot(str(root)), [0])
     (root / "proc/devices").write_text(PROC_DEVICES.format(uvm="511 nvidia-uvm"))  # the module was reloaded
     log = Log()
-    kmods.load_kernel_modules(str(root), [0], log)
+    kmods.load_kernel_modules(DriverRoot(str(root)), [0], log)
     assert "kernel modules loaded and device nodes present" not in log.lines
 
 
@@ -156,5 +157,5 @@ def test_which_with_an_empty_path_finds_nothing(tmp_path, monkeypatch):
 def test_params_are_read_from_the_driver_root(tmp_path):
     (tmp_path / "proc/driver/nvidia").mkdir(parents=True)
     (tmp_path / "proc/driver/nvidia/params").write_text("ModifyDeviceFiles: 1\nDeviceFileMode: 438\nnot a pair\n")
-    assert kmods._read_params(str(tmp_path)) == {"ModifyDeviceFiles": "1", "DeviceFileMode": "438"}
-    assert kmods._read_params(str(tmp_path / "missing")) == {}
+    assert kmods._read_params(DriverRoot(str(tmp_path))) == {"ModifyDeviceFiles": "1", "DeviceFileMode": "438"}
+    assert kmods._read_params(DriverRoot(str(tmp_path / "missing"))) == {}

@@ -14,7 +14,7 @@ from nvc.errors import NvcError
 from nvc.host.discovery import DriverFiles, discover_files, find_nvml_library, load_ldcache, version_from_library_name
 from nvc.host.proc_driver import parse_nvrm_version
 from nvc.record import record
-from nvc.rootpath import host_path
+from nvc.rootpath import DriverRoot
 
 DEFAULT_LDCACHE = "/etc/ld.so.cache"
 NVML_TIMEOUT_SECONDS = 10.0
@@ -63,23 +63,25 @@ def query_nvml(
         if cache is None:
             cache = load_ldcache(driver_root, ldcache)
         library = find_nvml_library(cache, driver_root, host_arch_classes()[0])
-    library = host_path(driver_root, library)
+    root = DriverRoot(driver_root)
+    library = root.host_path(library)
     if load_kmods:
         from nvc.host.kmods import load_kernel_modules
 
-        load_kernel_modules(driver_root)
+        load_kernel_modules(root)
     def ask() -> DriverInfo:
         return query_driver(library, driver_root=driver_root, timeout=NVML_TIMEOUT_SECONDS, user=user)
 
     info = cached_query(library, driver_root, ask, user=user) if use_cache else ask()
     if load_kmods:
-        load_kernel_modules(driver_root, [gpu.minor for gpu in info.gpus])
+        load_kernel_modules(root, [gpu.minor for gpu in info.gpus])
     return info
 
 
 def _proc_driver_version(driver_root: str) -> str | None:
+    version_file = DriverRoot(driver_root).host_path(comp.PROC_DRIVER + "/version")
     try:
-        with open(host_path(driver_root, comp.PROC_DRIVER + "/version"), encoding="utf-8", errors="replace") as f:
+        with open(version_file, encoding="utf-8", errors="replace") as f:
             return parse_nvrm_version(f.read()) or None
     except OSError:
         return None

@@ -15,7 +15,10 @@ import stat
 from nvc import components as comp
 from nvc.debuglog import NULL_LOG, DebugLog
 from nvc.host.proc_driver import parse_device_majors, parse_params
-from nvc.rootpath import host_path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from nvc.rootpath import DriverRoot
 
 NODE_MODE = 0o666
 
@@ -43,19 +46,19 @@ def _which(name: str) -> str | None:
     return None
 
 
-def _read_majors(driver_root: str) -> dict[str, int] | None:
+def _read_majors(driver_root: DriverRoot) -> dict[str, int] | None:
     # UTF-8, not ascii: the kernel writes ASCII here, and ascii's codec is a module to import on every start.
     try:
-        with open(host_path(driver_root, "/proc/devices"), encoding="utf-8", errors="replace") as f:
+        with open(driver_root.host_path("/proc/devices"), encoding="utf-8", errors="replace") as f:
             return parse_device_majors(f.read())
     except OSError:
         return None
 
 
-def _read_params(driver_root: str) -> dict[str, str]:
+def _read_params(driver_root: DriverRoot) -> dict[str, str]:
     """``/proc/driver/nvidia/params`` as ``{key: value}`` (empty when unreadable)."""
     try:
-        with open(host_path(driver_root, comp.PROC_DRIVER + "/params"), encoding="utf-8", errors="replace") as f:
+        with open(driver_root.host_path(comp.PROC_DRIVER + "/params"), encoding="utf-8", errors="replace") as f:
             return parse_params(f.read(1 << 16))
     except OSError:
         return {}
@@ -81,7 +84,7 @@ def _node_ready(path: str, major: int, minor: int, params: dict[str, str]) -> bo
     return stat.S_IMODE(st.st_mode) == mode and st.st_uid == uid and st.st_gid == gid
 
 
-def load_kernel_modules(driver_root: str, gpu_minors: list[int] | None = None, log: DebugLog = NULL_LOG) -> None:
+def load_kernel_modules(driver_root: DriverRoot, gpu_minors: list[int] | None = None, log: DebugLog = NULL_LOG) -> None:
     """Create the control nodes (and ``/dev/nvidiaN`` for ``gpu_minors``) that are missing.
 
     When the kernel lists both modules in /proc/devices and every node is there as the right device with the
@@ -100,10 +103,10 @@ def load_kernel_modules(driver_root: str, gpu_minors: list[int] | None = None, l
     ]
     if frontend is not None and uvm is not None:
         params = _read_params(driver_root)
-        if all(_node_ready(host_path(driver_root, path), major, minor, params) for path, major, minor in nodes):
+        if all(_node_ready(driver_root.host_path(path), major, minor, params) for path, major, minor in nodes):
             log.info("kernel modules loaded and device nodes present")
             return
-    modprobe = _which("nvidia-modprobe") if driver_root == "/" else None
+    modprobe = _which("nvidia-modprobe") if driver_root.path == "/" else None
     if modprobe:
         import subprocess
 
@@ -113,4 +116,4 @@ def load_kernel_modules(driver_root: str, gpu_minors: list[int] | None = None, l
         return
     for path, major, minor in nodes:
         if major is not None:
-            _mknod(host_path(driver_root, path), major, minor, log)
+            _mknod(driver_root.host_path(path), major, minor, log)

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from nvc.driver_info import DriverInfo
+    from nvc.rootpath import DriverRoot
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"  # the host's, whatever the driver root
 FORMAT = 1
@@ -125,11 +126,11 @@ class _State:
 def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None) -> _State | None:
     """The key and the checked /proc state now; ``None`` when the answer must not be cached."""
     from nvc.host.proc_driver import parse_nvrm_version
-    from nvc.rootpath import host_path
+    from nvc.rootpath import DriverRoot
 
-    root = os.path.realpath(driver_root)
+    root = DriverRoot(os.path.realpath(driver_root))
     try:
-        version = parse_nvrm_version(_read_small(host_path(root, _PROC + "/version")).decode(errors="replace"))
+        version = parse_nvrm_version(_read_small(root.host_path(_PROC + "/version")).decode(errors="replace"))
         boot_id = _read_small(BOOT_ID_PATH).decode(errors="replace").strip()
         lib = os.stat(library_path)  # follows the soname link: the file actually loaded
     except OSError:
@@ -143,7 +144,7 @@ def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None)
     key = {
         "format": FORMAT,
         "boot_id": boot_id,
-        "driver_root": root,
+        "driver_root": root.path,
         "library": os.path.realpath(library_path),
         "library_id": [lib.st_dev, lib.st_ino, lib.st_size, lib.st_mtime_ns],
         "driver_version": version,
@@ -157,11 +158,9 @@ def _read_small(path: str) -> bytes:
         return f.read(MAX_PROC_BYTES)
 
 
-def _proc_gpus(root: str) -> dict[str, str] | None:
+def _proc_gpus(root: DriverRoot) -> dict[str, str] | None:
     """``{bus id directory: sha256 of its information file}`` for ``<root>/proc/driver/nvidia/gpus``."""
-    from nvc.rootpath import host_path
-
-    gpus_dir = host_path(root, _PROC + "/gpus")
+    gpus_dir = root.host_path(_PROC + "/gpus")
     try:
         names = os.listdir(gpus_dir)
     except FileNotFoundError:
@@ -178,11 +177,9 @@ def _proc_gpus(root: str) -> dict[str, str] | None:
     return digests
 
 
-def _capability_names_digest(root: str) -> str | None:
+def _capability_names_digest(root: DriverRoot) -> str | None:
     """SHA-256 of the sorted names under ``<root>/proc/driver/nvidia/capabilities`` (MIG instances live there)."""
-    from nvc.rootpath import host_path
-
-    base = host_path(root, _PROC + "/capabilities")
+    base = root.host_path(_PROC + "/capabilities")
     names: list[str] = []
     pending = [""]
     while pending:

@@ -44,7 +44,7 @@ from nvc.host.nvml.cache import (
     read_json_entry,
     write_private_file,
 )
-from nvc.rootpath import RootPathError, host_path, resolve_in_root
+from nvc.rootpath import DriverRoot, RootPathError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class InventoryCache:
         dir_fd = None
         try:
             root = os.path.realpath(driver_root)
-            ldcache_host = host_path(driver_root, resolve_in_root(driver_root, ldcache))
+            ldcache_host = DriverRoot(driver_root).locate(ldcache)
             st = os.stat(ldcache_host)
             key = {
                 "format": FORMAT,
@@ -193,7 +193,7 @@ class InventoryCache:
 
         from nvc import components as comp
 
-        root = self.driver_root
+        root = DriverRoot(self.driver_root)
         env_path = self.environ.get("PATH") or comp.DEFAULT_PATH
         path_dirs = [d for d in env_path.split(":") if d.startswith("/")]
         starts = set(lookup_paths)
@@ -204,7 +204,7 @@ class InventoryCache:
         dirs.add(comp.FIRMWARE_DIR_TEMPLATE.format(version=files.driver_version))
         stored: dict[str, list] = {kind: [] for kind in _KINDS}
         check_files = []
-        file_hosts = [host_path(root, nvml_library)]
+        file_hosts = [root.host_path(nvml_library)]
         dirs.add(os.path.dirname(nvml_library))
         for kind, group in (
             ("library", files.libraries),
@@ -224,9 +224,9 @@ class InventoryCache:
         check_dirs = []
         paths = set()
         for inner in dirs:
-            paths.add(host_path(root, inner))  # the name looked up (a symlink re-pointed is noticed)
+            paths.add(root.host_path(inner))  # the name looked up (a symlink re-pointed is noticed)
             try:
-                paths.add(host_path(root, resolve_in_root(root, inner)))  # the directory read
+                paths.add(root.locate(inner))  # the directory read
             except RootPathError:
                 pass
         for path in sorted(paths):
@@ -250,7 +250,7 @@ class InventoryCache:
         write_private_file(self.dir_fd, self.name, data)
 
 
-def _link_dirs(root: str, inner: str, limit: int = 40) -> list[str]:
+def _link_dirs(root: DriverRoot, inner: str, limit: int = 40) -> list[str]:
     """The in-root directories of each hop of ``inner``'s symlink chain (its last components only): re-pointing
     any of these symlinks changes its directory's mtime."""
     import posixpath
@@ -260,8 +260,8 @@ def _link_dirs(root: str, inner: str, limit: int = 40) -> list[str]:
         parent = posixpath.dirname(inner)
         out.append(parent)
         try:
-            resolved_parent = resolve_in_root(root, parent)
-            target = os.readlink(host_path(root, f"{resolved_parent}/{posixpath.basename(inner)}"))
+            resolved_parent = root.resolve(parent)
+            target = os.readlink(root.host_path(f"{resolved_parent}/{posixpath.basename(inner)}"))
         except (OSError, RootPathError):
             break
         inner = posixpath.normpath(target if target.startswith("/") else f"{resolved_parent}/{target}")

@@ -170,10 +170,10 @@ def hook(args: tuple[str, ...]) -> None:
 def ldcache(opts: GlobalOptions, cache_file: str | None) -> None:
     """Print an ld.so.cache exactly as `ldconfig -p` does (nvc extension)."""
     from nvc.host.ldcache import LdCacheError, format_cache, read_cache
-    from nvc.rootpath import host_path, resolve_in_root
+    from nvc.rootpath import DriverRoot
 
     if cache_file is None:
-        cache_file = host_path(opts.root, resolve_in_root(opts.root, opts.ldcache))
+        cache_file = DriverRoot(opts.root).locate(opts.ldcache)
     try:
         cache = read_cache(cache_file)
     except LdCacheError as exc:

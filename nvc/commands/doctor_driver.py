@@ -161,17 +161,18 @@ def _cache_lookup(cache, driver_root: str, soname: str, arch_class: int) -> str 
         except NvcError:
             return None
     from nvc.host.ldcache import FLAG_ARCH_MASK, FLAG_ELF
-    from nvc.rootpath import RootPathError, host_path, resolve_in_root
+    from nvc.rootpath import DriverRoot, RootPathError
 
+    root = DriverRoot(driver_root)
     found = None
     for entry in cache.entries:
         if entry.key != soname or not entry.flags & FLAG_ELF or (entry.flags & FLAG_ARCH_MASK) != arch_class:
             continue
         try:
-            inner = resolve_in_root(driver_root, entry.value)
+            inner = root.resolve(entry.value)
         except RootPathError:
             continue
-        if os.path.isfile(host_path(driver_root, inner)):
+        if os.path.isfile(root.host_path(inner)):
             found = inner
     return found
 

@@ -11,6 +11,7 @@ import pytest
 from nvc.errors import NvcError
 from nvc.host.discovery import find_binaries, find_firmwares, find_ipcs, find_libraries, load_ldcache
 from nvc.host.ldcache import ARCH_X8664
+from nvc.rootpath import DriverRoot
 
 V = "535.309.01"
 LIB = "usr/lib/x86_64-linux-gnu"
@@ -41,8 +42,8 @@ def run_ldconfig(root: Path) -> None:
 
 
 def libraries(root: Path) -> dict[str, str]:
-    cache = load_ldcache(str(root), "/etc/ld.so.cache")
-    return {f.name: f.path for f in find_libraries(cache, str(root), ARCH_X8664, V)}
+    cache = load_ldcache(DriverRoot(str(root)), "/etc/ld.so.cache")
+    return {f.name: f.path for f in find_libraries(cache, DriverRoot(str(root)), ARCH_X8664, V)}
 
 
 def test_only_files_named_with_the_driver_version_are_taken(tmp_path):
@@ -60,7 +61,7 @@ def test_last_acceptable_cache_entry_wins(tmp_path):
     build_lib(root / first / f"libcuda.so.{V}", "libcuda.so.1")
     build_lib(root / second / f"libcuda.so.{V}", "libcuda.so.1")
     run_ldconfig(root)
-    cache = load_ldcache(str(root), "/etc/ld.so.cache")
+    cache = load_ldcache(DriverRoot(str(root)), "/etc/ld.so.cache")
     order = [e.value for e in cache.entries if e.key == "libcuda.so.1"]
     assert len(order) == 2
     assert libraries(root)["libcuda.so"] == order[-1].replace("libcuda.so.1", f"libcuda.so.{V}")
@@ -124,7 +125,7 @@ def test_binaries_ipcs_firmware(tmp_path):
     (root / "usr/bin/nvidia-smi").symlink_to("/usr/lib/nvidia/current/nvidia-smi")
     (root / "usr/local/bin").mkdir(parents=True)
     (root / "usr/local/bin/nvidia-debugdump").write_text("not executable")
-    found = find_binaries(str(root), "/usr/local/bin:/usr/bin:relative/dir")
+    found = find_binaries(DriverRoot(str(root)), "/usr/local/bin:/usr/bin:relative/dir")
     assert [(b.name, b.path) for b in found] == [("nvidia-smi", "/usr/lib/nvidia/current/nvidia-smi")]
 
     (root / "run/nvidia-persistenced").mkdir(parents=True)
@@ -132,7 +133,7 @@ def test_binaries_ipcs_firmware(tmp_path):
     (root / "var").mkdir()
     (root / "var/run").symlink_to("/run")
     (root / "mps").mkdir()
-    ipcs = find_ipcs(str(root), "/mps")
+    ipcs = find_ipcs(DriverRoot(str(root)), "/mps")
     assert [(i.name, i.path) for i in ipcs] == [("nvidia-persistenced", "/run/nvidia-persistenced/socket"),
                                                 ("nvidia-mps", "/mps")]
 
@@ -141,9 +142,9 @@ def test_binaries_ipcs_firmware(tmp_path):
     for name in ("gsp_tu10x.bin", "gsp_ga10x.bin", "other.bin"):
         (fw / name).write_bytes(b"fw")
     (root / "lib").symlink_to("usr/lib")
-    assert [f.path for f in find_firmwares(str(root), V)] == [
+    assert [f.path for f in find_firmwares(DriverRoot(str(root)), V)] == [
         f"/lib/firmware/nvidia/{V}/gsp_ga10x.bin", f"/lib/firmware/nvidia/{V}/gsp_tu10x.bin"]
-    first = next(f.host_path for f in find_firmwares(str(root), V))
+    first = next(f.host_path for f in find_firmwares(DriverRoot(str(root)), V))
     assert first == f"{root}/usr/lib/firmware/nvidia/{V}/gsp_ga10x.bin"
 
 
@@ -151,13 +152,13 @@ def test_missing_or_symlinked_cache(tmp_path):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     with pytest.raises(NvcError) as err:
-        load_ldcache(str(root), "/etc/ld.so.cache")
+        load_ldcache(DriverRoot(str(root)), "/etc/ld.so.cache")
     assert err.value.stage == "detection"
     # A cache symlinked to the host's is read inside the root, not from the host.
     (root / "etc/ld.so.cache").symlink_to("/etc/ld.so.cache")
     with pytest.raises(NvcError):
-        load_ldcache(str(root), "/etc/ld.so.cache")
+        load_ldcache(DriverRoot(str(root)), "/etc/ld.so.cache")
     shutil.copy("/etc/ld.so.cache", root / "etc/host.cache")
     (root / "etc/ld.so.cache").unlink()
     (root / "etc/ld.so.cache").symlink_to("host.cache")
-    assert load_ldcache(str(root), "/etc/ld.so.cache").entries
+    assert load_ldcache(DriverRoot(str(root)), "/etc/ld.so.cache").entries

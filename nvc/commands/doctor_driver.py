@@ -29,6 +29,7 @@ from nvc import components as comp
 from nvc.commands.doctor_inputs import DoctorPaths, Finding
 from nvc.driver_info import DriverInfo
 from nvc.errors import NvcError
+from nvc.rootpath import DriverRoot
 
 CUDA_SONAME = "libcuda.so.1"
 _INSTALL_DRIVER = (
@@ -97,7 +98,7 @@ def _check_libraries(paths: DoctorPaths, module_version: str | None) -> tuple[li
 
     none = _Libraries(None, None, None)
     try:
-        cache = load_ldcache(paths.root, paths.ldcache)
+        cache = load_ldcache(DriverRoot(paths.root), paths.ldcache)
     except NvcError as exc:
         return [Finding(
             "error",
@@ -157,11 +158,11 @@ def _cache_lookup(cache, driver_root: str, soname: str, arch_class: int) -> str 
 
     if soname == "libnvidia-ml.so.1":
         try:
-            return find_nvml_library(cache, driver_root, arch_class)
+            return find_nvml_library(cache, DriverRoot(driver_root), arch_class)
         except NvcError:
             return None
     from nvc.host.ldcache import FLAG_ARCH_MASK, FLAG_ELF
-    from nvc.rootpath import DriverRoot, RootPathError
+    from nvc.rootpath import RootPathError
 
     root = DriverRoot(driver_root)
     found = None
@@ -242,7 +243,7 @@ def _check_nvml(paths: DoctorPaths, libraries: _Libraries,
 def _check_nvidia_smi(paths: DoctorPaths) -> list[Finding]:
     from nvc.host.discovery import find_binaries
 
-    smi = next((b for b in find_binaries(paths.root) if b.name == "nvidia-smi"), None)
+    smi = next((b for b in find_binaries(DriverRoot(paths.root)) if b.name == "nvidia-smi"), None)
     if smi is None:
         dirs = ", ".join(d for d in comp.DEFAULT_PATH.split(":") if d)
         return [Finding(

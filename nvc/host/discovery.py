@@ -47,12 +47,12 @@ class DriverFiles:
     firmwares: tuple[DriverFile, ...]
 
 
-def load_ldcache(driver_root: str, ldcache: str):
+def load_ldcache(driver_root: DriverRoot, ldcache: str):
     """Read the driver root's ld.so.cache (``ldcache`` is a path inside the root)."""
     from nvc.host.ldcache import LdCacheError, read_cache
 
     try:
-        cache_host = DriverRoot(driver_root).locate(ldcache)
+        cache_host = driver_root.locate(ldcache)
     except RootPathError as exc:
         raise NvcError("detection", f"{ldcache}: {exc.strerror.lower()}") from None
     try:
@@ -76,9 +76,8 @@ def _resolve(root: DriverRoot, path: str) -> str | None:
         return None
 
 
-def find_nvml_library(cache, driver_root: str, arch_class: int) -> str:
+def find_nvml_library(cache, root: DriverRoot, arch_class: int) -> str:
     """In-root real path of the root's ``libnvidia-ml.so.1`` (last matching cache entry, resolved in the root)."""
-    root = DriverRoot(driver_root)
     found: str | None = None
     for entry in _arch_entries(cache, arch_class):
         if entry.key == NVML_SONAME:
@@ -120,7 +119,7 @@ def _accept_library(name: str, candidate_host: str, previous: str | None, versio
 
 
 def find_libraries(
-    cache, driver_root: str, arch_class: int, version: str, kind: str = "library"
+    cache, root: DriverRoot, arch_class: int, version: str, kind: str = "library"
 ) -> tuple[DriverFile, ...]:
     """Libraries of every capability, one per looked-up name, in NVIDIA's lookup order.
 
@@ -131,7 +130,6 @@ def find_libraries(
     names: list[tuple[str, Capability]] = [
         (name, cap) for cap, names in comp.LIBRARIES_BY_CAPABILITY for name in names
     ]
-    root = DriverRoot(driver_root)
     chosen: dict[str, str] = {}
     for entry in _arch_entries(cache, arch_class):
         for name, _cap in names:
@@ -165,9 +163,8 @@ def cache_lookup_paths(cache, arch_classes: tuple[int, int | None]) -> set[str]:
     return paths
 
 
-def find_binaries(driver_root: str, search_path: str | None = None) -> tuple[DriverFile, ...]:
+def find_binaries(root: DriverRoot, search_path: str | None = None) -> tuple[DriverFile, ...]:
     """Binaries: the first ``$PATH`` directory (inside the root) holding an executable of that name."""
-    root = DriverRoot(driver_root)
     dirs = [d for d in (search_path or comp.DEFAULT_PATH).split(":") if d.startswith("/")]
     found: list[DriverFile] = []
     for cap, names in comp.BINARIES_BY_CAPABILITY:
@@ -187,14 +184,13 @@ def find_binaries(driver_root: str, search_path: str | None = None) -> tuple[Dri
     return tuple(found)
 
 
-def find_ipcs(driver_root: str, mps_pipe_directory: str | None = None) -> tuple[DriverFile, ...]:
+def find_ipcs(root: DriverRoot, mps_pipe_directory: str | None = None) -> tuple[DriverFile, ...]:
     """IPC endpoints present in the root: persistenced and fabricmanager sockets (utility), MPS pipes (compute)."""
     wanted = (
         ("nvidia-persistenced", comp.PERSISTENCED_SOCKET, Capability.UTILITY),
         ("nv-fabricmanager", comp.FABRICMANAGER_SOCKET, Capability.UTILITY),
         ("nvidia-mps", mps_pipe_directory or comp.DEFAULT_MPS_PIPE_DIRECTORY, Capability.COMPUTE),
     )
-    root = DriverRoot(driver_root)
     found: list[DriverFile] = []
     for name, path, cap in wanted:
         inner = _resolve(root, path)
@@ -203,10 +199,9 @@ def find_ipcs(driver_root: str, mps_pipe_directory: str | None = None) -> tuple[
     return tuple(found)
 
 
-def find_firmwares(driver_root: str, version: str) -> tuple[DriverFile, ...]:
+def find_firmwares(root: DriverRoot, version: str) -> tuple[DriverFile, ...]:
     """GSP firmware of this driver version; reported under the unresolved directory name, as NVIDIA does."""
     directory = comp.FIRMWARE_DIR_TEMPLATE.format(version=version)
-    root = DriverRoot(driver_root)
     inner_dir = _resolve(root, directory)
     if inner_dir is None:
         return ()
@@ -223,7 +218,7 @@ def find_firmwares(driver_root: str, version: str) -> tuple[DriverFile, ...]:
 
 
 def discover_files(
-    driver_root: str,
+    driver_root: DriverRoot,
     cache,
     version: str,
     arch_classes: tuple[int, int | None],
@@ -233,7 +228,7 @@ def discover_files(
     env = os.environ if environ is None else environ
     arch64, arch32 = arch_classes
     return DriverFiles(
-        driver_root=driver_root,
+        driver_root=driver_root.path,
         driver_version=version,
         libraries=find_libraries(cache, driver_root, arch64, version),
         libraries32=(

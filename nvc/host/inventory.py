@@ -57,13 +57,13 @@ def query_nvml(
 
         return query(*args, **kwargs)
 
+    root = DriverRoot(driver_root)
     if library is None:
         from nvc.host.ldcache.format import host_arch_classes
 
         if cache is None:
-            cache = load_ldcache(driver_root, ldcache)
-        library = find_nvml_library(cache, driver_root, host_arch_classes()[0])
-    root = DriverRoot(driver_root)
+            cache = load_ldcache(root, ldcache)
+        library = find_nvml_library(cache, root, host_arch_classes()[0])
     library = root.host_path(library)
     if load_kmods:
         from nvc.host.kmods import load_kernel_modules
@@ -116,15 +116,16 @@ def build_inventory(
 
 def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store,
                      use_nvml_cache) -> Inventory:
+    root = DriverRoot(driver_root)
     cache = None
     library = store.nvml_library() if store is not None else None
     library_error: NvcError | None = None
     if library is None:
         from nvc.host.ldcache import host_arch_classes
 
-        cache = load_ldcache(driver_root, ldcache)
+        cache = load_ldcache(root, ldcache)
         try:
-            library = find_nvml_library(cache, driver_root, host_arch_classes()[0])
+            library = find_nvml_library(cache, root, host_arch_classes()[0])
         except NvcError as exc:
             library_error = exc
     info: DriverInfo | None = None
@@ -151,9 +152,9 @@ def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_km
         from nvc.host.ldcache import host_arch_classes
 
         if cache is None:
-            cache = load_ldcache(driver_root, ldcache)
+            cache = load_ldcache(root, ldcache)
         arch_classes = host_arch_classes()
-        files = discover_files(driver_root, cache, version, arch_classes, environ)
+        files = discover_files(root, cache, version, arch_classes, environ)
         if store is not None and library is not None:
             store.store(library, files, cache_lookup_paths(cache, arch_classes))
     return Inventory(driver_root=driver_root, files=files, driver_info=info, nvml_error=nvml_error)

@@ -177,7 +177,7 @@ class InventoryCache:
             libraries=rebuild("library"),
             libraries32=rebuild("library32"),
             binaries=rebuild("binary"),
-            ipcs=find_ipcs(root, self.environ.get("CUDA_MPS_PIPE_DIRECTORY")),
+            ipcs=find_ipcs(DriverRoot(root), self.environ.get("CUDA_MPS_PIPE_DIRECTORY")),
             firmwares=rebuild("firmware"),
         )
 

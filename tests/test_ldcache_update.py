@@ -105,3 +105,19 @@ def test_cache_symlinked_to_the_host_is_replaced_not_followed(tmp_path, host, co
     assert hashlib.sha256(Path("/etc/ld.so.cache").read_bytes()).hexdigest() == host_cache
     view = Path(f"/proc/{container}/root{rootfs}/etc/ld.so.cache")
     assert not view.is_symlink() and "libcuda.so.1" in printed(container, rootfs)
+
+
+def test_soname_links_follow_ldconfigs_rule(tmp_path, host, container):
+    """Where a SONAME link's name exists, ldconfig's rule: a link to something else is replaced, a file is left."""
+    rootfs = copy_rootfs(busybox_rootfs(), tmp_path / "rootfs")
+    lib64 = rootfs / "usr/lib64"
+    lib64.mkdir(parents=True, exist_ok=True)
+    (lib64 / "libcuda.so.1").symlink_to("libcuda.so.470.01")  # an older driver's link: stale
+    (lib64 / "libnvidia-ml.so.1").write_text("the image's own file")
+    res = configure(host, container, rootfs)
+    assert res.returncode == 0, res.stderr
+    view = Path(f"/proc/{container}/root{rootfs}/usr/lib64")
+    assert os.readlink(view / "libcuda.so.1").startswith("libcuda.so.535.")
+    assert not (view / "libnvidia-ml.so.1").is_symlink()
+    assert (view / "libnvidia-ml.so.1").read_text() == "the image's own file"
+    assert "/usr/lib64/libnvidia-ml.so.1 is not a symlink in the container: left as is" in res.stderr

@@ -384,6 +384,26 @@ class RootFs:
         except OSError as exc:
             raise self._error(exc, inner_path) from exc
 
+    def ldconfig_symlink_at(self, dir_fd: int, name: str, target: str, inner_path: str, *,
+                            undo: Undo | None = None) -> bool:  # fmt: skip
+        """:meth:`symlink_at` with ldconfig's rule where ``name`` exists: a symlink to something else is replaced
+        (stale: another driver's), anything that is not a symlink is left as it is (the image's own file). False in
+        that last case only. The rule of both the legacy hook's cache update and the CDI hook."""
+        try:
+            self.symlink_at(dir_fd, name, target, inner_path, undo=undo)
+            return True
+        except ContainerFsError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+        try:
+            if not stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return False
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError as exc:
+            raise self._error(exc, inner_path) from exc
+        self.symlink_at(dir_fd, name, target, inner_path, undo=undo)
+        return True
+
     def remove(self, inner_path: str) -> None:
         """Remove one file, symlink or empty directory (never recursively; a final symlink itself, not its target).
 

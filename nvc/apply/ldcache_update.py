@@ -120,21 +120,13 @@ def respell(cache, rootfs: str, directories):
 
 
 def _link(root, link: str, target: str, undo, log: DebugLog) -> None:
-    """Create the SONAME link as ldconfig does: replace a stale link, leave a regular file alone."""
-    existing = root.lstat(link)
-    if existing is not None:
-        if not stat.S_ISLNK(existing.st_mode):
+    """Create the SONAME link as ldconfig does (:meth:`~nvc.apply.container_fs.RootFs.ldconfig_symlink_at`)."""
+    parent = root.make_dirs(os.path.dirname(link) or "/", undo=undo)
+    try:
+        if not root.ldconfig_symlink_at(parent, os.path.basename(link), target, link, undo=undo):
             log.warning(f"{link} is not a symlink in the container: left as is")
-            return
-        parent = os.path.dirname(link) or "/"
-        dir_fd = root.resolve_fd(parent, os.O_PATH | os.O_DIRECTORY)
-        try:
-            if os.readlink(os.path.basename(link), dir_fd=dir_fd) == target:
-                return
-            os.unlink(os.path.basename(link), dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
-    root.create_symlink(link, target, undo=undo)
+    finally:
+        os.close(parent)
 
 
 def update_ldcache(root, rootfs: str, libraries: Sequence[tuple[str, str]], directories: Sequence[str], undo,

@@ -36,7 +36,6 @@ interpreter's teardown.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import sys
@@ -281,17 +280,9 @@ def _make_links(root, links: list[tuple[str, str]], undo) -> None:
             raise NvcError("mount", f"symlink creation failed: {_os_message(exc)}") from None
         try:
             for name, target, link in entries:
-                try:
-                    try:  # a fresh container has none of them: one symlinkat per link
-                        root.symlink_at(dir_fd, name, target, link, undo=undo)
-                    except OSError as exc:
-                        if exc.errno != errno.EEXIST:
-                            raise
-                        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                            os.unlink(name, dir_fd=dir_fd)  # a link to something else: stale
-                            root.symlink_at(dir_fd, name, target, link, undo=undo)
-                except OSError as exc:
-                    exc.filename = root.host_path(link)  # os.*'s own is the bare name in the directory
+                try:  # a fresh container has none of them: one symlinkat per link
+                    root.ldconfig_symlink_at(dir_fd, name, target, link, undo=undo)
+                except OSError as exc:  # its filename is the link's host path
                     raise NvcError("mount", f"symlink creation failed: {_os_message(exc)}") from None
         finally:
             os.close(dir_fd)

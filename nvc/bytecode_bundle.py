@@ -228,7 +228,6 @@ def build(package_dir: str | None = None, force: bool = False) -> tuple[str, int
     """Write the bundle of the package in ``package_dir`` (default: this one) atomically, unless it is current;
     returns (path, module count, whether it was written)."""
     import os
-    import tempfile
 
     package_dir = os.path.abspath(package_dir or _package_dir())
     path = bundle_path(package_dir)
@@ -259,22 +258,10 @@ def build(package_dir: str | None = None, force: bool = False) -> tuple[str, int
         if len(raw) == offsets_base:
             break
         offsets_base = len(raw)
-    cache_dir = os.path.dirname(path)
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bundle-", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + len(raw).to_bytes(4, "little") + raw + b"".join(blobs))
-            os.fchmod(f.fileno(), 0o644)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from nvc.atomic_write import replace_file
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    replace_file(path, MAGIC + len(raw).to_bytes(4, "little") + raw + b"".join(blobs), 0o644, fsync=True)
     return path, len(modules), True
 
 

@@ -85,7 +85,7 @@ def test_build_is_a_no_op_when_current_and_rewrites_after_a_change(package):
     (package / "commands/hook.py").write_text((package / "commands/hook.py").read_text() + "\n# edited\n")
     assert bytecode_bundle.build(str(package))[2] is True
     assert bundle.stat().st_mode & 0o777 == 0o644
-    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".bundle-")]  # no temporary left
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
 def test_stale_entry_falls_back_to_the_edited_source(package):

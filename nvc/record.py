@@ -237,9 +237,12 @@ def _install(cls: type, frozen: bool, slots: bool, eq: bool, repr: bool) -> type
     # One attrgetter for every field list that is all the fields (the usual case): each costs a C object.
     every = _getter(list(names))
 
+    def getter(selected: list[str]) -> Any:
+        return every if len(selected) == len(names) else _getter(selected)
+
     if repr:
         shown = [item.name for item in items if item.repr]
-        show = every if len(shown) == len(names) else _getter(shown)
+        show = getter(shown)
 
         def __repr__(self: Any) -> str:
             values = show(self)
@@ -250,7 +253,7 @@ def _install(cls: type, frozen: bool, slots: bool, eq: bool, repr: bool) -> type
 
     if eq:
         compared = [item.name for item in items if item.compare]
-        key = every if len(compared) == len(names) else _getter(compared)
+        key = getter(compared)
 
         def __eq__(self: Any, other: Any) -> Any:
             if other.__class__ is self.__class__:
@@ -262,7 +265,7 @@ def _install(cls: type, frozen: bool, slots: bool, eq: bool, repr: bool) -> type
         if "__hash__" not in own or (own["__hash__"] is None and "__eq__" in own):
             if frozen:
                 hashed = [item.name for item in items if (item.compare if item.hash is None else item.hash)]
-                hash_key = every if len(hashed) == len(names) else _getter(hashed)
+                hash_key = getter(hashed)
 
                 def __hash__(self: Any) -> int:
                     return hash(hash_key(self))

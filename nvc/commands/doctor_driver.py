@@ -156,15 +156,15 @@ def _cache_lookup(cache, driver_root: str, soname: str, arch_class: int) -> str 
     """In-root real path of the last cache entry for ``soname`` whose file exists (nvc's own rule for NVML)."""
     from nvc.host.discovery import find_nvml_library
 
+    root = DriverRoot(driver_root)
     if soname == "libnvidia-ml.so.1":
         try:
-            return find_nvml_library(cache, DriverRoot(driver_root), arch_class)
+            return find_nvml_library(cache, root, arch_class)
         except NvcError:
             return None
     from nvc.host.ldcache import FLAG_ARCH_MASK, FLAG_ELF
     from nvc.rootpath import RootPathError
 
-    root = DriverRoot(driver_root)
     found = None
     for entry in cache.entries:
         if entry.key != soname or not entry.flags & FLAG_ELF or (entry.flags & FLAG_ARCH_MASK) != arch_class:

@@ -140,7 +140,7 @@ def main() -> int:
         gpu_rootfs = work / "gpu-rootfs"
         copy_rootfs(base, gpu_rootfs)
         state = json.dumps({"ociVersion": "1.0.2", "id": "x", "pid": os.getpid(), "bundle": str(plain)})
-        time.sleep(2.2)  # config.toml must settle before a memo may rely on its mtime (nvc/commands/prefilter.py)
+        time.sleep(2.2)  # config.toml must settle before a memo may rely on its mtime (nvc/prefilter.py)
 
         def fresh_gpu_bundle(path: Path) -> Path:
             if path.exists():

@@ -2,7 +2,7 @@
 
 An explicit path (the hook's ``-config``) or ``$NVIDIA_CTK_CONFIG_FILE_PATH`` must exist; otherwise
 ``${XDG_CONFIG_HOME:-/etc}/nvidia-container-runtime/config.toml`` is read when present. Its own module, free of
-:mod:`os`, because the hook's pre-filter (:mod:`nvc.commands.prefilter`) needs the path before it decides whether to
+:mod:`os`, because the hook's pre-filter (:mod:`nvc.prefilter`) needs the path before it decides whether to
 load anything at all; :mod:`nvc.request.runtime_config` re-exports it.
 """
 

@@ -1,7 +1,7 @@
 """The answer cache directory (``/run/nvc``) and its private files, read with nothing but :mod:`posix`.
 
 Written by :mod:`nvc.host.nvml.cache` (NVML's answer), :mod:`nvc.request.runtime_config` (the parsed config.toml),
-:mod:`nvc.host.inventory_cache` and :mod:`nvc.commands.prefilter` (the hook's and the shim's memos); read on every
+:mod:`nvc.host.inventory_cache` and :mod:`nvc.prefilter` (the hook's and the shim's memos); read on every
 container start. The rules: a 0700 directory owned by us, files of ours with mode 0600 or stricter, never opened through
 a symlink, never larger than :data:`MAX_ENTRY_BYTES`. ``$NVC_CACHE_DIR`` moves the directory, ``$NVC_NO_CACHE``
 (anything but empty or ``0``) turns every cache off.

@@ -1,4 +1,4 @@
-"""The hook's pre-filter (nvc/commands/prefilter.py): a container whose config.json carries no GPU marker is left alone
+"""The hook's pre-filter (nvc/prefilter.py): a container whose config.json carries no GPU marker is left alone
 without loading config.toml or NVIDIA's rules — but only while the memo the full path wrote still matches
 config.toml, and never when a debug log or -debug asks to see every container."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nvc.commands import prefilter
+from nvc import prefilter
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "scripts/launchers/nvidia-container-runtime-hook"
@@ -98,10 +98,9 @@ def test_broken_config_is_never_skipped(settled, tmp_path):
     assert (rc, went) == (1, "FULL") and "invalid TOML" in lines[0]  # the full path reports it, as before
 
 
-def test_installed_launcher_skips_with_six_small_modules_and_no_os(settled, tmp_path):
+def test_installed_launcher_skips_with_five_small_modules_and_no_os(settled, tmp_path):
     """A normal install (nvc in the prefix's own site-packages): the hook of a container without NVIDIA variables
-    imports nvc, nvc.commands (an empty package), the pre-filter and three helpers — not os, not the hook, not the
-    rules."""
+    imports nvc, the pre-filter and three helpers — no stage package, not os, not the hook, not the rules."""
     _base, config, _other = settled
     assert hook(tmp_path, config, ["PATH=/bin"])[1] == "FULL"  # writes the memo
     prefix = tmp_path / "prefix"
@@ -122,6 +121,6 @@ def test_installed_launcher_skips_with_six_small_modules_and_no_os(settled, tmp_
     assert res.returncode == 0, res.stderr
     modules = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
     assert sorted(m for m in modules if m.startswith("nvc")) == [
-        "nvc", "nvc.commands", "nvc.commands.prefilter", "nvc.config_location", "nvc.jsonfast", "nvc.private_files"]
+        "nvc", "nvc.config_location", "nvc.jsonfast", "nvc.prefilter", "nvc.private_files"]
     assert not modules & {"os", "nvc.commands.hook", "nvc.request.runtime_config", "nvc.request.container_env",
         "typing", "json", "re"}

@@ -29,7 +29,7 @@ def test_launchers_are_one_template_and_packaged():
             _block, end, tail = rest.partition("# --- end runtime shim fast path ---\n")
             assert begin and end
             text = head + tail
-        fast = '"nvc.commands.prefilter:hook_launcher_skips"' if module == "nvc.commands.hook" else "None"
+        fast = '"nvc.prefilter:hook_launcher_skips"' if module == "nvc.commands.hook" else "None"
         assert text == template.replace('MODULE = "nvc.commands.cli_main"', f'MODULE = "{module}"').replace(
             "FAST = None", f"FAST = {fast}"), name
         assert text.startswith("#!/bin/sh\n")  # pip rewrites only #!python, and drops what follows it

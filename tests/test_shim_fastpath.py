@@ -1,5 +1,5 @@
 """The runtime shim's sh fast path (scripts/launchers/nvidia-container-runtime) and the pre-filter it shares with
-the hook (nvc/commands/prefilter.py): it may send any call to Python, but must never let a GPU container past Python.
+the hook (nvc/prefilter.py): it may send any call to Python, but must never let a GPU container past Python.
 
 The launcher runs for real under /bin/sh with the real grep; "Python" is a stand-in interpreter named in the `nvc`
 script's shebang, so each call shows which way it went: PYTHON (the Python shim would decide) or RUNTIME (the
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from nvc.commands import prefilter, runtime_shim
+from nvc import prefilter
+from nvc.commands import prefilter_memo, runtime_shim
 from nvc.commands.runtime_shim import find_bundle, find_command, passthrough_runtimes
 from nvc.errors import NvcError
 from nvc.request.container_env import gpu_request_from_spec
@@ -158,7 +159,7 @@ def test_gpu_containers_always_reach_python(lab, name):
     assert _python_says_gpu(config_text, data), name  # the table is right: NVIDIA's rules see a GPU container
     lab.config.write_text(config_text + '[nvidia-container-runtime]\nruntimes = ["runc"]\n')
     lab.remember()
-    assert prefilter.may_request_gpu(data, prefilter.markers_for(lab.load()))
+    assert prefilter.may_request_gpu(data, prefilter_memo.markers_for(lab.load()))
     b = bundle(lab.tmp / "b", data)
     assert lab("create", "--bundle", str(b), "id") == "PYTHON"
     assert lab("run", "id", cwd=b) == "PYTHON"
@@ -213,14 +214,14 @@ def test_random_specs_never_skip_a_gpu_container():
                 gpu = None
             if gpu is not None:
                 gpu_seen += 1
-                assert prefilter.may_request_gpu(data, prefilter.markers_for(config)), data[:300]
+                assert prefilter.may_request_gpu(data, prefilter_memo.markers_for(config)), data[:300]
     assert gpu_seen > 1000
 
 
 def test_marker_prefixes_survive_json_escaping():
     config = parse_config('swarm-resource = "MY_GPU, ODD\\"NAME"\n'
                           '[nvidia-container-runtime.modes.cdi]\nannotation-prefixes = ["cdi.k8s.io/", "x/y"]\n')
-    markers = prefilter.markers_for(config)
+    markers = prefilter_memo.markers_for(config)
     assert {"MY_GPU", "ODD", "cdi.k8s.io", "x"} <= set(markers)
     assert "\0" in markers and "\\u" in markers
 

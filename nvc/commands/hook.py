@@ -205,7 +205,7 @@ def run_hook(argv: list[str], stdin, environ) -> int:
     config, log, invocation = prepare_hook(config_path, debug, stdin, environ)
     if invocation is None:
         if not log.enabled:  # the launcher's pre-filter may skip the next such container (a debug log sees all)
-            from nvc.commands.prefilter import remember_hook_config
+            from nvc.commands.prefilter_memo import remember_hook_config
 
             remember_hook_config(config_path, environ, config)
         log.info("not a GPU container: nothing to do", where="hook")

@@ -161,14 +161,14 @@ def which(name: str, path: str | None, fallback: tuple[str, ...] = ()) -> str | 
     return None
 
 
-# --- the memo the shim's sh launcher decides from (nvc.commands.prefilter's docstring: format, rules) -----------
+# --- the memo the shim's sh launcher decides from (nvc.prefilter's docstring: format, rules) -----------
 # Written here, next to which(): the memo must name exactly the runtime which() would find.
 
 def remember_shim_decision(
     environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None
 ) -> None:
     """After the shim's ``create``/``run`` loaded ``config`` and found ``runtime``: write the memo its sh launcher
-    decides from (:mod:`nvc.commands.prefilter`'s docstring). Never raises; writes only when the memo changes."""
+    decides from (:mod:`nvc.prefilter`'s docstring). Never raises; writes only when the memo changes."""
     try:
         _remember_shim_decision(environ, config, runtime, me)
     except Exception:  # a memo we cannot write only costs the next call a Python start
@@ -181,15 +181,15 @@ def shim_memo_lines(
     """The memo's lines (without the markers line) and the mtime it must carry; None when the decision must not
     be memoised: it depends on the working directory, on this shim's own path, on a debug log that must see every
     call, or on a config.toml that changed too recently."""
-    from nvc.commands import prefilter
+    from nvc import prefilter
     from nvc.config_location import CONFIG_PATH_ENV, XDG_CONFIG_HOME_ENV, config_file_path
 
     if config.runtime.debug not in ("", "/dev/null") or me is None:
         return None
     path, required = config_file_path(environ)
-    identity = prefilter._config_identity(path)
+    identity = prefilter.config_identity(path)
     if (not os.path.isabs(path) or identity is False or (identity is None and required)
-            or not prefilter._settled(identity)):
+            or not prefilter.settled(identity)):
         return None
     lines = [prefilter.SHIM_MEMO_MAGIC, f"ctk {environ.get(CONFIG_PATH_ENV, '')}",
              f"xdg {environ.get(XDG_CONFIG_HOME_ENV, '')}", f"path {environ.get('PATH', '')}", f"config {path}",
@@ -220,8 +220,9 @@ def shim_memo_lines(
 def _remember_shim_decision(
     environ: Mapping[str, str], config: RuntimeConfig, runtime: str, me: str | None
 ) -> None:
+    from nvc import prefilter
     from nvc.atomic_write import replace_file
-    from nvc.commands import prefilter
+    from nvc.commands.prefilter_memo import markers_for
     from nvc.host.nvml import cache as store
 
     if store.caching_disabled(environ):
@@ -230,7 +231,7 @@ def _remember_shim_decision(
     if found is None:
         return
     lines, mtime_ns = found
-    patterns = ("\n".join(prefilter.markers_for(config)) + "\n").encode()
+    patterns = ("\n".join(markers_for(config)) + "\n").encode()
     pattern_name = prefilter.SHIM_MARKERS_PREFIX + store.sha256_hex(patterns)[:32] + prefilter.SHIM_MARKERS_SUFFIX
     memo = ("\n".join([*lines[:-1], f"markers {pattern_name}", lines[-1], "end"]) + "\n").encode()
     dir_fd = store.open_cache_dir(store.cache_dir_path(environ=environ))
@@ -252,7 +253,7 @@ def _remember_shim_decision(
 
 def _drop_other_pattern_files(dir_fd: int, keep: str) -> None:
     """Marker files of earlier configs. A memo that still names one just sends its next call to Python."""
-    from nvc.commands import prefilter
+    from nvc import prefilter
 
     prefix, suffix = prefilter.SHIM_MARKERS_PREFIX, prefilter.SHIM_MARKERS_SUFFIX
     for name in os.listdir(dir_fd):

@@ -34,7 +34,7 @@ File format (``<sha256 of the key>.json``)::
 
 from __future__ import annotations
 
-# proc_driver and rootpath are imported where they are used: the hook's pre-filter (nvc.commands.prefilter) uses this
+# proc_driver and rootpath are imported where they are used: the hook's pre-filter (nvc.prefilter) uses this
 # module's private-file helpers on every container start and needs nothing else from here.
 import os
 

@@ -3,8 +3,9 @@
 Every container on a GPU node goes through the runtime shim, and every container whose runtime has our hook goes
 through the hook, GPU or not. NVIDIA's rules (:mod:`nvc.request.container_env`) decide from the parsed ``config.json``
 and config.toml; this module only answers "surely not a GPU container" or "maybe": a ``config.json`` that contains
-none of :func:`markers_for`'s strings cannot make :func:`nvc.request.container_env.gpu_request_from_spec` return a
-request, whatever the rules say in detail. Why each marker:
+none of the markers (:func:`nvc.commands.prefilter_memo.markers_for`) cannot make
+:func:`nvc.request.container_env.gpu_request_from_spec` return a request, whatever the rules say in detail. Why
+each marker:
 
 * ``NVIDIA_``: ``NVIDIA_VISIBLE_DEVICES`` and every other variable the rules read;
 * ``CUDA_VERSION``: a legacy CUDA image gets all GPUs without ``NVIDIA_VISIBLE_DEVICES``;
@@ -32,6 +33,12 @@ directory (``/run/nvc``, :mod:`nvc.host.nvml.cache`'s rules: root-only, never th
   different content *and* the very same nanosecond mtime on purpose (``touch -r``) would be missed until reboot;
   ``NVC_NO_CACHE=1`` turns every memo off. The memo also records the environment the decision read and every
   runtime candidate the PATH search rejected, which the launcher re-checks.
+
+This module is the reading side only, and sits at the top of the package (not in ``commands/``) because the hook's
+launcher imports it on every container start: a container without NVIDIA variables then loads nothing but this
+module and three small helpers, no package folder. The writers need the parsed config.toml and live with the
+commands that have one: :mod:`nvc.commands.prefilter_memo` (the markers, the hook's memo) and
+:mod:`nvc.commands.runtime_shim` (the shim's memo).
 """
 
 import posix
@@ -39,8 +46,6 @@ import posix
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
-
-    from nvc.request.runtime_config import RuntimeConfig
 
 FORMAT = 1
 HOOK_MEMO = "hook-prefilter.json"
@@ -58,27 +63,12 @@ _HOOK_ENV = ("NVIDIA_CTK_CONFIG_FILE_PATH", "XDG_CONFIG_HOME", "NVC_CACHE_DIR", 
 FIXED_MARKERS = ("NVIDIA_", "CUDA_VERSION", "nvidia-container-devices", "\\u", "\0")
 
 
-def _literal_prefix(text: str) -> str:
-    """The part of ``text`` that appears verbatim in any JSON spelling of it: up to the first character a JSON
-    writer may escape. An empty result matches everything, which is the safe answer."""
-    for i, ch in enumerate(text):
-        if ch in '/"\\' or ord(ch) < 0x20 or ord(ch) >= 0x7F:
-            return text[:i]
-    return text
-
-
-def markers_for(config: "RuntimeConfig") -> "tuple[str, ...]":
-    """The strings one of which every GPU container's ``config.json`` contains, under ``config``."""
-    extra = (*config.swarm_resource, *config.runtime.modes.cdi.annotation_prefixes)
-    return tuple(dict.fromkeys((*FIXED_MARKERS, *(_literal_prefix(name) for name in extra))))
-
-
 def may_request_gpu(data: bytes, markers: "Iterable[str]") -> bool:
     """False only when ``data`` (a ``config.json``) contains none of ``markers``."""
     return any(marker.encode() in data for marker in markers)
 
 
-def _config_identity(path: str) -> "list[int] | bool | None":
+def config_identity(path: str) -> "list[int] | bool | None":
     """config.toml's identity, ``None`` when it does not exist (ENOENT), ``False`` when it is unusable."""
     try:
         st = posix.stat(path)
@@ -91,7 +81,7 @@ def _config_identity(path: str) -> "list[int] | bool | None":
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _settled(identity: "list[int] | None") -> bool:
+def settled(identity: "list[int] | None") -> bool:
     import time
 
     return identity is None or time.time_ns() - max(identity[3], identity[4]) >= SETTLE_NS
@@ -157,7 +147,7 @@ def hook_may_skip(environ: "Mapping[str, str]", raw_state: "bytes | str") -> boo
         not isinstance(entry, dict)
         or entry.get("format") != FORMAT
         or entry.get("config") != path
-        or entry.get("id") != _config_identity(path)
+        or entry.get("id") != config_identity(path)
         or (entry.get("id") is None and required)  # a required config.toml that is missing: the hook's error
     ):
         return False
@@ -175,37 +165,3 @@ def hook_may_skip(environ: "Mapping[str, str]", raw_state: "bytes | str") -> boo
         return False
     return not may_request_gpu(data, markers)
 
-
-def remember_hook_config(config_arg: "str | None", environ: "Mapping[str, str]", config: "RuntimeConfig") -> None:
-    """After the hook loaded ``config`` without error, from the default location: memoise its markers for
-    :func:`hook_may_skip`. Never raises; writes only when the entry changes."""
-    try:
-        _remember_hook_config(config_arg, environ, config)
-    except Exception:  # a memo we cannot write only costs the next start the full path
-        pass
-
-
-def _remember_hook_config(config_arg: "str | None", environ: "Mapping[str, str]", config: "RuntimeConfig") -> None:
-    from nvc import jsonfast
-    from nvc.config_location import config_file_path
-    from nvc.host.nvml import cache as store
-
-    if config_arg or store.caching_disabled(environ):
-        return
-    path, required = config_file_path(environ)
-    identity = _config_identity(path)
-    if not path.startswith("/") or identity is False or (identity is None and required) or not _settled(identity):
-        return
-    entry = {"format": FORMAT, "config": path, "id": identity, "markers": list(markers_for(config))}
-    data = jsonfast.dumps(entry, sort_keys=True).encode()
-    dir_fd = store.open_cache_dir(store.cache_dir_path(environ=environ))
-    if dir_fd is None:
-        return
-    try:
-        if store.read_private_file(dir_fd, HOOK_MEMO) != data:
-            store.write_private_file(dir_fd, HOOK_MEMO, data)
-    finally:
-        posix.close(dir_fd)
-
-
-# --- the runtime shim -------------------------------------------------------------------------------------------

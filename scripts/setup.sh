@@ -33,7 +33,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 stamp="$VENV/.nvc-installed"
-if [ ! -f "$stamp" ] || [ "$REPO/pyproject.toml" -nt "$stamp" ]; then
+# Reinstalled when pyproject.toml or a launcher changed: pip copies the launchers into the venv's bin/ (an
+# editable install links nvc/ but not them), and a stale copy may name a module that has moved.
+stale=
+for f in "$REPO/pyproject.toml" "$REPO"/scripts/launchers/*; do
+    if [ "$f" -nt "$stamp" ]; then stale=1; fi
+done
+if [ ! -f "$stamp" ] || [ -n "$stale" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q -e "$REPO[test]"
     touch "$stamp"

@@ -133,3 +133,19 @@ class DriverRoot:
     def locate(self, inner: str, *, follow_final: bool = True) -> str:
         """The host path of ``inner`` once resolved inside the root: what opening it inside the root would open."""
         return host_path(self.path, resolve_in_root(self.path, inner, follow_final=follow_final))
+
+    def canonical(self) -> DriverRoot:
+        """The same root with its own path made absolute and free of host symlinks (what a cache key names)."""
+        return DriverRoot(os.path.realpath(self.path))
+
+
+def require_driver_root(value: object) -> DriverRoot:
+    """``value`` when it is a :class:`DriverRoot`; a plain string is refused, so that no caller can hand a host-side
+    module a root that nothing resolves inside."""
+    if type(value) is not DriverRoot:
+        raise TypeError(f"a DriverRoot is required, not {type(value).__name__} (wrap --root in rootpath.DriverRoot)")
+    return value
+
+
+#: The host's own root: ``--root`` left at its default.
+HOST_ROOT = DriverRoot("/")

@@ -17,6 +17,7 @@ import pytest
 from fixtures.gpu_host import make_gpu_host
 from fixtures.nvml_stub import CONFIG_ENV, write_config
 from nvc.commands.doctor import DoctorPaths, Finding, diagnose, format_findings
+from nvc.rootpath import DriverRoot
 
 pytestmark = [
     pytest.mark.root,
@@ -126,10 +127,10 @@ def test_fresh_nvml_failure_is_seen_despite_a_warm_cache(stub_env, tmp_path, mon
     """Container starts keep using the cached NVML answer; doctor asks the driver now."""
     from nvc.host.inventory import query_nvml
 
-    query_nvml(str(stub_env.root))  # a container start: fills the cache
+    query_nvml(DriverRoot(str(stub_env.root)))  # a container start: fills the cache
     assert list((tmp_path / "cache").glob("*.json"))
     monkeypatch.setenv(CONFIG_ENV, str(write_config(tmp_path / "failing.conf", gpus=stub_env.gpus, init_error=9)))
-    assert query_nvml(str(stub_env.root)).gpus  # still served from the cache
+    assert query_nvml(DriverRoot(str(stub_env.root))).gpus  # still served from the cache
     nvml = driver_findings(stub_env.root)["driver.nvml"]
     assert nvml.severity == "error" and nvml.what.endswith("nvml error: driver not loaded")
 

@@ -145,8 +145,9 @@ def test_cdi_hook_imports_nothing_heavy(tmp_path, host, tools):
 
     bundle = _bundle(tmp_path)
     from nvc.host.inventory import build_inventory
+    from nvc.rootpath import DriverRoot
 
-    inventory = build_inventory(str(host.root), environ={**os.environ, **host.env})
+    inventory = build_inventory(DriverRoot(str(host.root)), environ={**os.environ, **host.env})
     plan, _ = _plan_for_listing(inventory, ListRequest(libraries=True, binaries=True))
     args = hook_args(plan, inventory.driver_version)[1:]
     code = (f"import sys; sys.path[:0] = {_launcher_path()!r}; sys.argv[0] = 'nvidia-cdi-hook'\n"

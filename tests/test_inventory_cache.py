@@ -12,6 +12,7 @@ import pytest
 from nvc.host import inventory
 from nvc.host.inventory import build_inventory
 from nvc.host.nvml.cache import CACHE_DIR_ENV, NO_CACHE_ENV
+from nvc.rootpath import DriverRoot
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,8 @@ def reads(monkeypatch):
     return calls
 
 
-def root(host) -> str:
-    return str(host.root)
+def root(host) -> DriverRoot:
+    return DriverRoot(str(host.root))
 
 
 def entries(tmp_path) -> list[str]:
@@ -69,11 +70,12 @@ def test_hit_reads_no_ldcache_and_gives_the_same_files(host, reads, tmp_path):
 def test_hit_imports_no_ldcache_module(host, tmp_path):
     build_inventory(root(host))
     code = (
-        "import sys; from nvc.host.inventory import build_inventory; build_inventory(sys.argv[1]); "
+        "import sys; from nvc.host.inventory import build_inventory; from nvc.rootpath import DriverRoot; "
+        "build_inventory(DriverRoot(sys.argv[1])); "
         "bad = [m for m in ('nvc.host.ldcache', 'nvc.host.elf') if m in sys.modules]; sys.exit(f'imported {bad}' if "
             "bad else 0)"
     )
-    res = subprocess.run([sys.executable, "-c", code, root(host)], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", code, str(host.root)], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0, res.stderr
 

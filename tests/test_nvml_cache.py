@@ -25,6 +25,7 @@ from nvc.errors import NvcError
 from nvc.host.inventory import query_nvml
 from nvc.host.nvml import cache as nvml_cache
 from nvc.host.nvml.cache import cached_query
+from nvc.rootpath import DriverRoot
 
 pytestmark = [
     pytest.mark.root,
@@ -66,7 +67,7 @@ def inits(tmp_path: Path) -> int:
 
 
 def ask(host) -> DriverInfo:
-    return query_nvml(str(host.root))
+    return query_nvml(DriverRoot(str(host.root)))
 
 
 def entries(cache_dir: Path) -> list[Path]:
@@ -164,8 +165,8 @@ def test_new_boot_requeries(host, tmp_path, monkeypatch):
 
 def test_other_user_is_another_key(host, tmp_path):
     ask(host)
-    query_nvml(str(host.root), user=(65534, 65534))
-    query_nvml(str(host.root), user=(65534, 65534))
+    query_nvml(DriverRoot(str(host.root)), user=(65534, 65534))
+    query_nvml(DriverRoot(str(host.root)), user=(65534, 65534))
     ask(host)
     assert inits(tmp_path) == 2
 
@@ -214,7 +215,7 @@ def test_query_errors_propagate(host):
         raise NvcError("initialization", "driver rpc error: timed out")
 
     with pytest.raises(NvcError, match="timed out"):
-        cached_query(str(nvml_library(host)), str(host.root), broken)
+        cached_query(str(nvml_library(host)), DriverRoot(str(host.root)), broken)
 
 
 # ------------------------------------------------------------------------------------------------ hostile store
@@ -413,7 +414,7 @@ def test_info_and_list_always_ask_the_driver(tmp_path, monkeypatch):
     for name in (CALL_LOG_ENV, CONFIG_ENV, "NVC_CACHE_DIR"):
         monkeypatch.setenv(name, env[name])
     monkeypatch.delenv("NVC_NO_CACHE", raising=False)
-    warm = query_nvml(str(host.root))  # what a container start does: it fills the cache
+    warm = query_nvml(DriverRoot(str(host.root)))  # what a container start does: it fills the cache
     assert list((tmp_path / "cache").glob("*.json")), "the cache was not written"
     assert inits(tmp_path) == 2  # info asked NVML, so did the first cached query (info wrote nothing)
     env[CONFIG_ENV] = str(write_config(tmp_path / "failing.conf", gpus=host.gpus, init_error=9))
@@ -426,5 +427,5 @@ def test_info_and_list_always_ask_the_driver(tmp_path, monkeypatch):
     assert "/dev/nvidia0" not in listed.stdout  # no GPU nodes from a stale answer
     assert inits(tmp_path) == 4
     monkeypatch.setenv(CONFIG_ENV, env[CONFIG_ENV])
-    assert query_nvml(str(host.root)) == warm  # the container-start path still answers from the cache
+    assert query_nvml(DriverRoot(str(host.root))) == warm  # the container-start path still answers from the cache
     assert inits(tmp_path) == 4

@@ -129,3 +129,36 @@ def test_driver_root_is_an_immutable_hashable_value():
     assert DriverRoot("/").host_path("/dev/nvidiactl") == "/dev/nvidiactl"
     # Relative roots are accepted, as the functions accept them: the entry points decide (only configure abspaths).
     assert DriverRoot("drv").host_path("/x") == "drv/x"
+
+
+def test_canonical_is_the_root_without_host_symlinks(tree):
+    os.symlink(tree, "/drv-link")
+    assert DriverRoot("/drv-link").canonical() == DriverRoot(tree)
+    assert DriverRoot("/drv-link").canonical().locate("/usr/bin/nvidia-smi") == (
+        f"{tree}/usr/lib/nvidia/current/nvidia-smi")
+
+
+@pytest.mark.parametrize("call", ["build_inventory", "query_nvml"])
+def test_host_entry_points_refuse_a_plain_string_root(call, tmp_path, monkeypatch):
+    """The host side's two ways in take the value, never the ``--root`` string: a string would be a root that
+    nothing resolves inside. Refused before anything is read or cached."""
+    from nvc.host import inventory
+
+    monkeypatch.setenv("NVC_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(TypeError, match="DriverRoot is required, not str"):
+        getattr(inventory, call)(str(tmp_path))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_entry_points_hand_over_the_root_as_the_value():
+    """What the commands build from ``--root`` and what an inventory gives back are the same value."""
+    from nvc.host.discovery import DriverFiles
+    from nvc.host.inventory import Inventory
+    from nvc.request.options import build_global_options
+    from nvc.rootpath import HOST_ROOT
+
+    assert build_global_options().driver_root == HOST_ROOT == DriverRoot("/")
+    assert build_global_options(root="/run/nvidia/driver").driver_root == DriverRoot("/run/nvidia/driver")
+    files = DriverFiles("/run/nvidia/driver", "535.309.01", (), (), (), (), ())
+    assert Inventory(driver_root="/run/nvidia/driver", files=files, driver_info=None).root == (
+        DriverRoot("/run/nvidia/driver"))

@@ -83,7 +83,7 @@ def info(opts: GlobalOptions, as_csv: bool, as_json: bool) -> None:
     from nvc.host.inventory import query_nvml
 
     # Always the driver's own answer, never the NVML cache's: `info` is what people run on a broken host.
-    driver = query_nvml(opts.root, opts.ldcache, opts.user, load_kmods=opts.load_kmods, use_cache=False)
+    driver = query_nvml(opts.driver_root, opts.ldcache, opts.user, load_kmods=opts.load_kmods, use_cache=False)
     if as_json:
         _write(format_json(info_json(driver)))
     elif as_csv:
@@ -103,7 +103,7 @@ def list_(opts: GlobalOptions, as_json: bool, **options) -> None:
     request = ListRequest(**{k: tuple(v) if isinstance(v, tuple) else v for k, v in options.items()})
     # A diagnosis command like `info` (NVIDIA's has no cache at all): NVML is asked now, so the device nodes listed
     # and the "NVML failed" warning are today's truth. No container start runs `list`, so the cache buys nothing.
-    inventory = build_inventory(opts.root, opts.ldcache, opts.user, allow_no_nvml=True, use_nvml_cache=False)
+    inventory = build_inventory(opts.driver_root, opts.ldcache, opts.user, allow_no_nvml=True, use_nvml_cache=False)
     if inventory.nvml_error is not None:
         click.echo(
             f"{_prog_name()}: warning: {inventory.nvml_error}; "
@@ -170,10 +170,9 @@ def hook(args: tuple[str, ...]) -> None:
 def ldcache(opts: GlobalOptions, cache_file: str | None) -> None:
     """Print an ld.so.cache exactly as `ldconfig -p` does (nvc extension)."""
     from nvc.host.ldcache import LdCacheError, format_cache, read_cache
-    from nvc.rootpath import DriverRoot
 
     if cache_file is None:
-        cache_file = DriverRoot(opts.root).locate(opts.ldcache)
+        cache_file = opts.driver_root.locate(opts.ldcache)
     try:
         cache = read_cache(cache_file)
     except LdCacheError as exc:

@@ -46,7 +46,7 @@ class _Libraries:
     version: str | None  # from the NVML library's file name
 
 
-def check_driver(paths: DoctorPaths, ask_nvml: Callable[[str, str], DriverInfo] | None = None) -> list[Finding]:
+def check_driver(paths: DoctorPaths, ask_nvml: Callable[[DriverRoot, str], DriverInfo] | None = None) -> list[Finding]:
     """The driver checks, in chain order. ``ask_nvml(driver_root, library)`` defaults to nvc's confined NVML helper
     (as ``nvc info`` runs it, uncached)."""
     findings, module_version = _check_kernel_module(paths)
@@ -98,7 +98,7 @@ def _check_libraries(paths: DoctorPaths, module_version: str | None) -> tuple[li
 
     none = _Libraries(None, None, None)
     try:
-        cache = load_ldcache(DriverRoot(paths.root), paths.ldcache)
+        cache = load_ldcache(paths.driver_root, paths.ldcache)
     except NvcError as exc:
         return [Finding(
             "error",
@@ -111,8 +111,8 @@ def _check_libraries(paths: DoctorPaths, module_version: str | None) -> tuple[li
         )], none
     ldcache_host = paths.host(paths.ldcache)
     arch = host_arch_classes()[0]
-    nvml = _cache_lookup(cache, paths.root, NVML_SONAME, arch)
-    cuda = _cache_lookup(cache, paths.root, CUDA_SONAME, arch)
+    nvml = _cache_lookup(cache, paths.driver_root, NVML_SONAME, arch)
+    cuda = _cache_lookup(cache, paths.driver_root, CUDA_SONAME, arch)
     if nvml is None:
         return [Finding(
             "error",
@@ -152,11 +152,10 @@ def _check_libraries(paths: DoctorPaths, module_version: str | None) -> tuple[li
     return findings, libraries
 
 
-def _cache_lookup(cache, driver_root: str, soname: str, arch_class: int) -> str | None:
+def _cache_lookup(cache, root: DriverRoot, soname: str, arch_class: int) -> str | None:
     """In-root real path of the last cache entry for ``soname`` whose file exists (nvc's own rule for NVML)."""
     from nvc.host.discovery import find_nvml_library
 
-    root = DriverRoot(driver_root)
     if soname == "libnvidia-ml.so.1":
         try:
             return find_nvml_library(cache, root, arch_class)
@@ -181,10 +180,10 @@ def _cache_lookup(cache, driver_root: str, soname: str, arch_class: int) -> str 
 # ---------------------------------------------------------------------------------------------------- NVML
 
 
-def _query_nvml(driver_root: str, library: str) -> DriverInfo:
+def _query_nvml(root: DriverRoot, library: str) -> DriverInfo:
     from nvc.host.inventory import query_nvml
 
-    return query_nvml(driver_root, library=library, use_cache=False)
+    return query_nvml(root, library=library, use_cache=False)
 
 
 # What to do about each NVML start failure (matched on libnvidia-container's message text).
@@ -201,7 +200,7 @@ _NVML_FIXES: tuple[tuple[str, str], ...] = (
 
 
 def _check_nvml(paths: DoctorPaths, libraries: _Libraries,
-                ask_nvml: Callable[[str, str], DriverInfo]) -> list[Finding]:
+                ask_nvml: Callable[[DriverRoot, str], DriverInfo]) -> list[Finding]:
     if libraries.nvml is None:
         return [Finding(
             "error",
@@ -211,7 +210,7 @@ def _check_nvml(paths: DoctorPaths, libraries: _Libraries,
             "driver.nvml",
         )]
     try:
-        info = ask_nvml(paths.root, libraries.nvml)
+        info = ask_nvml(paths.driver_root, libraries.nvml)
     except NvcError as exc:
         fix = next((text for needle, text in _NVML_FIXES if needle in exc.message.lower()), "")
         return [Finding(
@@ -243,7 +242,7 @@ def _check_nvml(paths: DoctorPaths, libraries: _Libraries,
 def _check_nvidia_smi(paths: DoctorPaths) -> list[Finding]:
     from nvc.host.discovery import find_binaries
 
-    smi = next((b for b in find_binaries(DriverRoot(paths.root)) if b.name == "nvidia-smi"), None)
+    smi = next((b for b in find_binaries(paths.driver_root) if b.name == "nvidia-smi"), None)
     if smi is None:
         dirs = ", ".join(d for d in comp.DEFAULT_PATH.split(":") if d)
         return [Finding(

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nvc.commands.setup_config import CONTAINERD_CONFIG, DOCKER_DAEMON_CONFIG, SERVICE_PATH
+from nvc.rootpath import DriverRoot
 
 SEVERITIES = ("error", "warning", "ok")
 HOOK_NAME = "nvidia-container-runtime-hook"  # the only prestart hook name runsc recognises (by path suffix)
@@ -127,6 +128,11 @@ class DoctorPaths:
     probe: bool = False  # start a test sandbox per runsc platform (nvc doctor --probe; root)
     # how --probe starts a sandbox; None: nvc.commands.doctor_gvisor.probe_platform (tests pass their own)
     probe_platform: Callable[[str, str], tuple[bool, str]] | None = None
+
+    @property
+    def driver_root(self) -> DriverRoot:
+        """``root`` as the driver root the driver checks look inside (symlinks resolved within it)."""
+        return DriverRoot(self.root)
 
     def host(self, path: str) -> str:
         """Where ``path`` (absolute, as configs name it) is on this machine."""

@@ -14,7 +14,7 @@ from nvc.errors import NvcError
 from nvc.host.discovery import DriverFiles, discover_files, find_nvml_library, load_ldcache, version_from_library_name
 from nvc.host.proc_driver import parse_nvrm_version
 from nvc.record import record
-from nvc.rootpath import DriverRoot
+from nvc.rootpath import HOST_ROOT, DriverRoot, require_driver_root
 
 DEFAULT_LDCACHE = "/etc/ld.so.cache"
 NVML_TIMEOUT_SECONDS = 10.0
@@ -31,9 +31,14 @@ class Inventory:
     def driver_version(self) -> str:
         return self.files.driver_version
 
+    @property
+    def root(self) -> DriverRoot:
+        """The driver root as the value that resolves inside it (``driver_root`` is its path, for serializing)."""
+        return DriverRoot(self.driver_root)
+
 
 def query_nvml(
-    driver_root: str = "/",
+    root: DriverRoot = HOST_ROOT,
     ldcache: str = DEFAULT_LDCACHE,
     user: tuple[int, int] | None = None,
     cache=None,
@@ -52,12 +57,13 @@ def query_nvml(
     """
     from nvc.host.nvml.cache import cached_query
 
+    require_driver_root(root)
+
     def query_driver(*args, **kwargs):
         from nvc.host.nvml.query import query_driver as query
 
         return query(*args, **kwargs)
 
-    root = DriverRoot(driver_root)
     if library is None:
         from nvc.host.ldcache.format import host_arch_classes
 
@@ -70,16 +76,16 @@ def query_nvml(
 
         load_kernel_modules(root)
     def ask() -> DriverInfo:
-        return query_driver(library, driver_root=driver_root, timeout=NVML_TIMEOUT_SECONDS, user=user)
+        return query_driver(library, driver_root=root.path, timeout=NVML_TIMEOUT_SECONDS, user=user)
 
-    info = cached_query(library, driver_root, ask, user=user) if use_cache else ask()
+    info = cached_query(library, root, ask, user=user) if use_cache else ask()
     if load_kmods:
         load_kernel_modules(root, [gpu.minor for gpu in info.gpus])
     return info
 
 
-def _proc_driver_version(driver_root: str) -> str | None:
-    version_file = DriverRoot(driver_root).host_path(comp.PROC_DRIVER + "/version")
+def _proc_driver_version(root: DriverRoot) -> str | None:
+    version_file = root.host_path(comp.PROC_DRIVER + "/version")
     try:
         with open(version_file, encoding="utf-8", errors="replace") as f:
             return parse_nvrm_version(f.read()) or None
@@ -88,7 +94,7 @@ def _proc_driver_version(driver_root: str) -> str | None:
 
 
 def build_inventory(
-    driver_root: str = "/",
+    root: DriverRoot = HOST_ROOT,
     ldcache: str = DEFAULT_LDCACHE,
     user: tuple[int, int] | None = None,
     allow_no_nvml: bool = False,
@@ -105,18 +111,16 @@ def build_inventory(
     """
     from nvc.host.inventory_cache import InventoryCache
 
-    store = InventoryCache.open(driver_root, ldcache, environ)
+    store = InventoryCache.open(require_driver_root(root), ldcache, environ)
     try:
-        return _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store,
-                                use_nvml_cache)
+        return _build_inventory(root, ldcache, user, allow_no_nvml, environ, load_kmods, store, use_nvml_cache)
     finally:
         if store is not None:
             store.close()
 
 
-def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_kmods, store,
+def _build_inventory(root: DriverRoot, ldcache, user, allow_no_nvml, environ, load_kmods, store,
                      use_nvml_cache) -> Inventory:
-    root = DriverRoot(driver_root)
     cache = None
     library = store.nvml_library() if store is not None else None
     library_error: NvcError | None = None
@@ -133,14 +137,14 @@ def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_km
     try:
         if library_error is not None:
             raise library_error
-        info = query_nvml(driver_root, ldcache, user, load_kmods=load_kmods, library=library,
+        info = query_nvml(root, ldcache, user, load_kmods=load_kmods, library=library,
                           use_cache=use_nvml_cache)
         version = info.driver_version
     except NvcError as exc:
         if not allow_no_nvml or exc.stage != "initialization":
             raise
         nvml_error = exc
-        fallback = _proc_driver_version(driver_root) or (
+        fallback = _proc_driver_version(root) or (
             version_from_library_name(library) if library is not None else None
         )
         if fallback is None:
@@ -157,4 +161,4 @@ def _build_inventory(driver_root, ldcache, user, allow_no_nvml, environ, load_km
         files = discover_files(root, cache, version, arch_classes, environ)
         if store is not None and library is not None:
             store.store(library, files, cache_lookup_paths(cache, arch_classes))
-    return Inventory(driver_root=driver_root, files=files, driver_info=info, nvml_error=nvml_error)
+    return Inventory(driver_root=root.path, files=files, driver_info=info, nvml_error=nvml_error)

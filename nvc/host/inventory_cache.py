@@ -60,18 +60,18 @@ class InventoryCache:
     """One driver root's discovery entry: open with :meth:`open`, then :meth:`nvml_library`, :meth:`files`,
     :meth:`store`. Every method swallows the cache's own errors (they only cost a discovery)."""
 
-    __slots__ = ("dir_fd", "driver_root", "entry", "environ", "key", "name")
+    __slots__ = ("dir_fd", "entry", "environ", "key", "name", "root")
 
-    def __init__(self, dir_fd: int, driver_root: str, key: dict[str, Any], environ) -> None:
+    def __init__(self, dir_fd: int, root: DriverRoot, key: dict[str, Any], environ) -> None:
         self.dir_fd = dir_fd
-        self.driver_root = driver_root
+        self.root = root
         self.key = key
         self.environ = environ
         self.name = entry_name(key)
         self.entry: dict[str, Any] | None = None
 
     @classmethod
-    def open(cls, driver_root: str, ldcache: str, environ=None, cache_dir: str = DEFAULT_CACHE_DIR):
+    def open(cls, root: DriverRoot, ldcache: str, environ=None, cache_dir: str = DEFAULT_CACHE_DIR):
         """The cache for this root and ld.so.cache, its entry loaded and checked; ``None`` when caching is off,
         the ld.so.cache cannot be found (discovery reports that) or the directory is not safe."""
         if caching_disabled():
@@ -79,14 +79,13 @@ class InventoryCache:
         env = os.environ if environ is None else environ
         dir_fd = None
         try:
-            root = os.path.realpath(driver_root)
-            ldcache_host = DriverRoot(driver_root).locate(ldcache)
+            ldcache_host = root.locate(ldcache)
             st = os.stat(ldcache_host)
             key = {
                 "format": FORMAT,
                 "kind": "discovery",
-                "driver_root": root,
-                "driver_root_arg": driver_root,
+                "driver_root": root.canonical().path,
+                "driver_root_arg": root.path,
                 "ldcache": ldcache_host,
                 "ldcache_id": [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns],
                 "machine": os.uname().machine,
@@ -96,7 +95,7 @@ class InventoryCache:
             dir_fd = open_cache_dir(cache_dir_path(cache_dir))
             if dir_fd is None:
                 return None
-            self = cls(dir_fd, driver_root, key, env)
+            self = cls(dir_fd, root, key, env)
             try:
                 self.entry = self._load()
             except Exception:
@@ -162,7 +161,6 @@ class InventoryCache:
         from nvc.components import Capability
         from nvc.host.discovery import DriverFile, DriverFiles, find_ipcs
 
-        root = self.driver_root
         stored = self.entry["files"]
 
         def rebuild(kind: str) -> tuple[DriverFile, ...]:
@@ -172,12 +170,12 @@ class InventoryCache:
             )
 
         return DriverFiles(
-            driver_root=root,
+            driver_root=self.root.path,
             driver_version=version,
             libraries=rebuild("library"),
             libraries32=rebuild("library32"),
             binaries=rebuild("binary"),
-            ipcs=find_ipcs(DriverRoot(root), self.environ.get("CUDA_MPS_PIPE_DIRECTORY")),
+            ipcs=find_ipcs(self.root, self.environ.get("CUDA_MPS_PIPE_DIRECTORY")),
             firmwares=rebuild("firmware"),
         )
 
@@ -193,7 +191,7 @@ class InventoryCache:
 
         from nvc import components as comp
 
-        root = DriverRoot(self.driver_root)
+        root = self.root
         env_path = self.environ.get("PATH") or comp.DEFAULT_PATH
         path_dirs = [d for d in env_path.split(":") if d.startswith("/")]
         starts = set(lookup_paths)

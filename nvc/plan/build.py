@@ -37,7 +37,7 @@ def build_plan(opts: GlobalOptions, request: ConfigureRequest) -> Plan:
         check_capabilities(request.capabilities)
     if not os.path.isdir(request.rootfs):
         raise NvcError("input", f"invalid rootfs directory: {request.rootfs}")
-    inventory = build_inventory(opts.root, opts.ldcache, opts.user, load_kmods=opts.load_kmods)
+    inventory = build_inventory(opts.driver_root, opts.ldcache, opts.user, load_kmods=opts.load_kmods)
     driver = inventory.driver_info
     assert driver is not None  # build_inventory raises when NVML fails unless asked not to
     selection = select_devices(request.devices, driver.gpus)

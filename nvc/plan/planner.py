@@ -134,7 +134,7 @@ def plan_configure(
 ) -> Plan:
     """Everything configure does for ``request``, in order, as operations. ``dev_root``: where the device nodes
     and MIG minors are looked up when not in the driver root (``nvc cdi generate --dev-root``)."""
-    root = DriverRoot(inventory.driver_root)
+    root = inventory.root
     nodes_root = DriverRoot(dev_root) if dev_root else root
     files = inventory.files
     caps = effective_capabilities(request.capabilities)

@@ -7,6 +7,7 @@ import os
 
 from nvc.errors import NvcError
 from nvc.record import record
+from nvc.rootpath import DriverRoot
 
 
 @record
@@ -20,6 +21,11 @@ class GlobalOptions:
     root: str = "/"
     ldcache: str = "/etc/ld.so.cache"
     no_create_imex_channels: bool = False
+
+    @property
+    def driver_root(self) -> DriverRoot:
+        """``--root`` as the value every host-side module takes: paths are resolved inside it, never on the host."""
+        return DriverRoot(self.root)
 
 
 def build_global_options(

@@ -236,7 +236,8 @@ def _inventory(request: GenerateRequest):
 
     management = request.mode == "management"
     try:
-        inventory = build_inventory(request.driver_root, request.ldcache, request.user, allow_no_nvml=management)
+        inventory = build_inventory(DriverRoot(request.driver_root), request.ldcache, request.user,
+                                    allow_no_nvml=management)
     except NvcError as exc:
         if exc.stage == "initialization" and not management:
             raise NvcError("initialization", f"{exc.message} (no NVML: `--mode management` writes a spec of "

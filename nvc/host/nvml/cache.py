@@ -73,7 +73,7 @@ _PROC = "/proc/driver/nvidia"
 
 def cached_query(
     library_path: str,
-    driver_root: str,
+    root: DriverRoot,
     query: Callable[[], DriverInfo],
     cache_dir: str = DEFAULT_CACHE_DIR,
     *,
@@ -88,7 +88,7 @@ def cached_query(
     if caching_disabled():
         return query()
     try:
-        state = _snapshot(library_path, driver_root, user)
+        state = _snapshot(library_path, root, user)
         dir_fd = open_cache_dir(cache_dir_path(cache_dir)) if state is not None else None
     except Exception:  # a bug or a surprise in the cache must not cost the answer
         state, dir_fd = None, None
@@ -123,12 +123,10 @@ class _State:
         self.name = entry_name(key)
 
 
-def _snapshot(library_path: str, driver_root: str, user: tuple[int, int] | None) -> _State | None:
+def _snapshot(library_path: str, driver_root: DriverRoot, user: tuple[int, int] | None) -> _State | None:
     """The key and the checked /proc state now; ``None`` when the answer must not be cached."""
     from nvc.host.proc_driver import parse_nvrm_version
-    from nvc.rootpath import DriverRoot
-
-    root = DriverRoot(os.path.realpath(driver_root))
+    root = driver_root.canonical()
     try:
         version = parse_nvrm_version(_read_small(root.host_path(_PROC + "/version")).decode(errors="replace"))
         boot_id = _read_small(BOOT_ID_PATH).decode(errors="replace").strip()

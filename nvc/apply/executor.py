@@ -288,6 +288,17 @@ def _load_namespace_code(ldconfig: bool, write_ldcache: bool) -> None:
         __import__(name)
 
 
+def preload() -> None:
+    """Load now all that applying a plan may use, the kernel calls' FFI included: for a process that applies many
+    plans (the hook helper, :mod:`nvc.commands.hook_helper`), so that none of its starts pays for it."""
+    from nvc.apply import cgroups, ldconfig_exec  # noqa: F401
+    from nvc.sys._ffi import libc
+    from nvc.sys.namespaces import setns  # noqa: F401
+
+    _load_namespace_code(True, True)
+    libc()
+
+
 def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldcache: bool = True) -> list[str]:
     """Apply ``plan`` to the container of ``pid`` (None: in our own mount namespace); returns warnings.
 

@@ -196,7 +196,9 @@ def prepare_hook(config_path: str | None, debug: bool, stdin, environ):
     return config, log, plan_hook(config, state, spec, bundle, debug_flag=debug)
 
 
-def run_hook(argv: list[str], stdin, environ) -> int:
+def run_hook(argv: list[str], stdin, environ, exec_cli=None) -> int:
+    """The hook's work. ``exec_cli(path, argv, env)`` replaces :func:`os.execve` for an external CLI (the resident
+    helper declines such a start instead: see :mod:`nvc.commands.hook_helper`)."""
     config_path, debug, stage = parse_args(argv)
     if stage in NOOP_STAGES:
         return 0
@@ -227,7 +229,7 @@ def run_hook(argv: list[str], stdin, environ) -> int:
     if argv_out is not None:
         log.info(f"exec {' '.join(argv_out)}", where="hook")
         sys.stdout.flush()
-        os.execve(argv_out[0], argv_out, exec_environment(environ, invocation))
+        (exec_cli or os.execve)(argv_out[0], argv_out, exec_environment(environ, invocation))
     # In-process, this process is the CLI: the environment the exec'd CLI would get is this process's
     # (os.environ writes through to the C environment, so the NVML helper and anything exec'd inherit it too).
     os.environ.update(invocation.environment)
@@ -238,7 +240,7 @@ def run_hook(argv: list[str], stdin, environ) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, exec_cli=None) -> int:
     """Console-script entry point: one line on stderr and exit 1 on any failure (runc shows it to the user)."""
     from nvc.errors import run_reporting_errors
 
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         try:
             # Bytes, not text: the state is decoded as JSON decodes it (a BOM, UTF-16), not by the locale.
-            return run_hook(args, getattr(sys.stdin, "buffer", sys.stdin), os.environ)
+            return run_hook(args, getattr(sys.stdin, "buffer", sys.stdin), os.environ, exec_cli)
         except HookUsageError as exc:
             if str(exc):
                 sys.stderr.write(f"{PROG}: {exc}\n")

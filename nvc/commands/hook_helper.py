@@ -1,0 +1,311 @@
+"""The resident hook helper: the OCI hook's code loaded once, a forked child per container start.
+
+``python3 -I -m nvc.commands.hook_helper`` (the ``nvc-hook-helper`` systemd unit) listens on ``hook.sock`` in the
+answer cache directory (``/run/nvc``). The hook's launcher (:mod:`nvc.hook_client`) connects, passes its stdin,
+stdout, stderr and working directory as descriptors with its argv, environment and the state it read; a child of
+the helper then runs :func:`nvc.commands.hook.main` on them, as the launcher would have, and reports the exit
+status. What the helper saves is the hook's imports (the modules are loaded before the first start); the work
+itself, every rule and every check, is the hook's own code, run once per start as before.
+
+Nothing depends on it: without a helper, or whenever it declines, the launcher runs the hook in its own process.
+What keeps it safe:
+
+* the socket is root's, mode 0600, in the root-only cache directory, and each caller's credentials are checked
+  (``SO_PEERCRED``: uid 0, or the helper's own uid) before a byte is read;
+* the caller must live in the helper's mount and PID namespaces (the state's pid and every path mean the same
+  there), and come from the same install of nvc;
+* with each start the helper compares its modules' files with what it loaded (size, mtime): after an upgrade or
+  an edit it exits (removing its socket), and its service manager starts the new code;
+* each start runs in a fresh child (forked before anything of the caller's is read), so a start cannot change
+  the helper or another start; the child exits when the hook is done;
+* a hook that would exec an external CLI (``[nvidia-container-cli] path``) is declined, so that the launcher
+  execs it as it always does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from nvc.hook_client import ACCEPTED, DECLINED, MAGIC, RAN, REASONS, SOCKET_NAME
+
+#: What a container start imports, loaded before the first one (a module missing here is imported by the child).
+PRELOAD = (
+    "nvc.commands.hook", "nvc.commands.cli_main", "nvc.commands.configure", "nvc.commands.prefilter_memo",
+    "nvc.plan.build", "nvc.plan.planner", "nvc.host.inventory", "nvc.host.inventory_cache", "nvc.host.nvml.cache",
+    "nvc.host.discovery", "nvc.host.kmods", "nvc.request.container_env", "nvc.request.container_request",
+    "nvc.request.runtime_config", "nvc.request.gvisor", "nvc.request.container_layout", "nvc.request.device_select",
+    "nvc.apply.executor", "nvc.apply.container_fs", "nvc.apply.cgroups", "nvc.apply.ldcache_update",
+    "nvc.apply.ldconfig_exec", "nvc.host.ldcache.writer", "nvc.host.elf", "nvc.atomic_write", "nvc.debuglog",
+    "nvc.host.proc_driver",
+)
+MAX_MESSAGE = 4 << 20  # argv, environment and state: a few KiB in practice
+RECEIVE_TIMEOUT_SECONDS = 10.0
+_PACKAGE_DIR = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _Decline(BaseException):
+    """Leave this start to the launcher (a BaseException: the hook's error reporting must not turn it into a line)."""
+
+    def __init__(self, reason: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def code_stamp(package_dir: str = _PACKAGE_DIR) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime_ns) of every Python file of the package: what the helper loaded must still be on disk."""
+    out = []
+    for directory, dirs, files in os.walk(package_dir):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                out.append((path, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _namespace(pid: int | str, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def _receive(conn) -> tuple[dict, list[int]]:
+    """The caller's message and descriptors (four: stdin, stdout, stderr, working directory)."""
+    import socket
+
+    conn.settimeout(RECEIVE_TIMEOUT_SECONDS)
+    fds: list[int] = []
+    data = b""
+    header = len(MAGIC) + 4
+    while len(data) < header or len(data) < header + int.from_bytes(data[len(MAGIC):header], "little"):
+        if len(data) > MAX_MESSAGE:
+            break
+        chunk, ancdata, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                fds += [int.from_bytes(payload[i:i + 4], sys.byteorder, signed=True) for i in range(0, usable, 4)]
+        if not chunk:
+            break
+        data += chunk
+    if not data.startswith(MAGIC) or len(fds) != 4:
+        raise _Decline(b"m")
+    length = int.from_bytes(data[len(MAGIC):][:4], "little")
+    body = data[len(MAGIC) + 4:]
+    if len(body) != length:
+        raise _Decline(b"m")
+    from nvc import jsonfast
+
+    try:
+        message = jsonfast.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _Decline(b"m") from None
+    if (not isinstance(message, dict) or not isinstance(message.get("argv"), list)
+            or not all(isinstance(a, str) for a in message["argv"]) or not isinstance(message.get("env"), dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in message["env"].items())
+            or not all(isinstance(message.get(k), str) for k in ("state", "package", "tool", "argv0"))):
+        raise _Decline(b"m")
+    return message, fds
+
+
+def _decline_exec(*_args: object) -> None:
+    raise _Decline(b"x")
+
+
+def _run_start(conn, peer_pid: int) -> bytes:
+    """In the child: one container start. Returns the last reply (``C`` + status, or ``D`` + reason); ``A`` is
+    sent once the start is taken on, before anything of it runs."""
+    fds: list[int] = []
+    try:
+        message, fds = _receive(conn)
+        if os.path.realpath(message["package"]) != _PACKAGE_DIR:
+            raise _Decline(b"p")
+        if message["tool"] not in ("hook", "cli"):
+            raise _Decline(b"t")
+        for kind in ("mnt", "pid"):
+            if _namespace(peer_pid, kind) != _namespace("self", kind):
+                raise _Decline(b"n")
+        import io
+
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        os.fchdir(fds[3])
+        os.environ.clear()
+        os.environ.update(message["env"])
+        sys.argv = [message["argv0"], *message["argv"]]
+        conn.sendall(bytes((ACCEPTED,)))  # from here on the launcher never runs this start itself
+        try:
+            if message["tool"] == "hook":
+                sys.stdin = io.TextIOWrapper(io.BytesIO(message["state"].encode("latin-1")), newline="\n")
+                from nvc.commands.hook import main
+
+                code = main(message["argv"], exec_cli=_decline_exec)
+            else:
+                from nvc.commands.cli_main import main
+
+                code = main(message["argv"])
+        except SystemExit as exc:  # click's way out
+            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    except _Decline as exc:
+        return bytes((DECLINED,)) + exc.reason
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    return bytes((RAN, code if isinstance(code, int) and 0 <= code <= 255 else 1))
+
+
+def _child(listener, conn, peer_pid: int, log_fd: int) -> None:
+    import gc
+    import signal
+    import time
+
+    gc.disable()  # a collection would copy every page shared with the helper; this child lives for one start
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the hook waits for its own children (the NVML helper)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    listener.close()
+    started = time.monotonic()
+    try:
+        reply = _run_start(conn, peer_pid)
+    except BaseException as exc:  # a bug of ours: no reply (the launcher reports it once the start was taken on)
+        _log(log_fd, f"start for pid {peer_pid} failed: {type(exc).__name__}: {exc}")
+        os._exit(1)
+    try:
+        conn.sendall(reply)
+    except OSError:
+        pass
+    outcome = f"exit {reply[1]}" if reply[0] == RAN else f"declined ({REASONS.get(reply[1], '?')})"
+    _log(log_fd, f"start for pid {peer_pid}: {outcome} in {(time.monotonic() - started) * 1000:.1f} ms")
+    os._exit(0)
+
+
+def _log(fd: int, line: str) -> None:
+    try:
+        os.write(fd, f"nvc-hook-helper: {line}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _listen(directory: str):
+    """The listening socket, bound under a temporary name and renamed over ``hook.sock`` (a restart replaces the
+    old one at once; a caller never connects to a half-made one)."""
+    import socket
+
+    from nvc.private_files import open_cache_dir
+
+    dir_fd = open_cache_dir(directory)
+    if dir_fd is None:
+        raise SystemExit(f"nvc-hook-helper: {directory} is not a directory only this user can write")
+    temporary = f".{SOCKET_NAME}.{os.getpid()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(f"/proc/self/fd/{dir_fd}/{temporary}")
+        finally:
+            os.umask(old_umask)
+        os.chmod(temporary, 0o600, dir_fd=dir_fd, follow_symlinks=False)
+        listener.listen(128)
+        os.rename(temporary, SOCKET_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        listener.close()
+        try:
+            os.unlink(temporary, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    finally:
+        os.close(dir_fd)
+    return listener
+
+
+def serve(directory: str) -> int:
+    """Listen until a module changes on disk (exit 0, for the service manager to restart us) or SIGTERM."""
+    import gc
+    import signal
+
+    for name in PRELOAD:
+        __import__(name)
+    from nvc.apply.executor import preload
+
+    preload()  # the kernel calls' FFI too: loaded once here rather than in each child
+    stamp = code_stamp()
+    listener = _listen(directory)
+    st = os.lstat(os.path.join(directory, SOCKET_NAME))
+    socket_id = (st.st_dev, st.st_ino)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    gc.collect()
+    gc.freeze()  # what is loaded now stays put: the children share its pages untouched
+    me = os.geteuid()
+    log_fd = os.dup(2)  # the helper's own log (the journal): each child's fd 2 becomes its caller's stderr
+    _log(log_fd, f"listening on {directory}/{SOCKET_NAME} ({len(PRELOAD)} modules loaded)")
+    try:
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                pid, uid = _peer(conn)
+                if uid not in (0, me) or pid <= 0:
+                    _log(log_fd, f"refused a caller with uid {uid} (pid {pid})")
+                    continue  # closed without a word
+                if os.fork() == 0:
+                    _child(listener, conn, pid, log_fd)
+            # While the child works (not before it: 0.2 ms a start): is what we loaded still what is on disk? A
+            # start that had begun when the files changed is served by the old code, as it would have been had it
+            # come a moment earlier; the next finds the socket gone and runs in its launcher until we are back.
+            if code_stamp() != stamp:
+                _log(log_fd, "nvc changed on disk: exiting for the new code")
+                return 0
+    finally:
+        listener.close()
+        _unlink_socket(directory, socket_id)
+
+
+def _unlink_socket(directory: str, socket_id: tuple[int, int]) -> None:
+    """Remove our socket on the way out, unless a newer helper has already put its own there."""
+    path = os.path.join(directory, SOCKET_NAME)
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == socket_id:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _peer(conn) -> tuple[int, int]:
+    """(pid, uid) of the connected process, from the kernel (``struct ucred``), not from anything it sent."""
+    import socket
+
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(raw[0:4], sys.byteorder, signed=True), int.from_bytes(raw[4:8], sys.byteorder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -I -m nvc.commands.hook_helper [--directory DIR]`` (default: the answer cache directory)."""
+    from nvc.private_files import cache_dir_path
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    directory = cache_dir_path()
+    if args[:1] == ["--directory"] and len(args) == 2:
+        directory = args[1]
+    elif args:
+        sys.stderr.write("usage: python3 -I -m nvc.commands.hook_helper [--directory DIR]\n")
+        return 2
+    if os.geteuid() != 0:
+        sys.stderr.write("nvc-hook-helper: must run as root (it configures containers for root's runtimes)\n")
+        return 1
+    return serve(directory)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The hook's launcher hands a container start to the resident hook helper, when one is running and fit to take it.
+
+A Python hook pays for its imports on every container start (6-8 ms of the ~21 it takes here); the helper
+(:mod:`nvc.commands.hook_helper`) has them loaded already and forks a child per start that runs the very same hook
+code. The launcher calls :func:`try_helper` after the pre-filter and before it imports the hook:
+
+* ``None`` means "run the hook in this process", and is the answer to every doubt: no socket, a socket or
+  directory that is not root's alone, a refused connection, a helper that declines (the caller lives in another
+  mount or PID namespace or comes from another install of nvc, the hook would exec an external CLI), a helper that
+  closes the connection before it has taken the start on (it refuses the caller, or it is exiting because its
+  code changed on disk). ``NVC_NO_HELPER=1`` skips the helper.
+* once the helper has taken the start on, its answer is final: should it end without a result, the start fails
+  with one line, as a failed hook does (running it again here could do part of it twice).
+* an exit status means the helper's child ran the hook to the end, writing to this process's own stdout and
+  stderr (passed over the socket with the working directory) exactly what the hook in this process would have.
+
+``nvidia-container-cli configure`` (exec'd by runsc, containerd's oci-hook and NVIDIA's own hook on every start)
+goes the same way through :func:`try_helper_cli`.
+
+Only :mod:`posix`, :mod:`_socket` (C) and :mod:`nvc.jsonfast`: this runs before anything else is loaded, and on a
+host without a helper it costs one failed ``stat``. The socket is ``hook.sock`` in the answer cache directory
+(``/run/nvc``, ``$NVC_CACHE_DIR``), used only when that is a real directory of ours that nobody else can write and
+the socket is ours, mode 0600 or stricter.
+"""
+
+import posix
+import sys
+
+SOCKET_NAME = "hook.sock"
+MAGIC = b"nvc-hook-helper 1\n"
+NO_HELPER_ENV = "NVC_NO_HELPER"
+#: What the helper answers: ``A`` once it has taken the start on, then ``C`` + the exit status when the hook has
+#: run; ``D`` + a reason byte when it declines (before ``A``, or after it only for an exec'd CLI: nothing ran yet).
+ACCEPTED, RAN, DECLINED = ord("A"), ord("C"), ord("D")
+#: Why a helper declines (the reason byte), for the launcher's trace and the tests.
+REASONS = {ord("n"): "another namespace", ord("p"): "another install",
+           ord("x"): "exec'd CLI", ord("m"): "bad message", ord("t"): "unknown tool"}
+_HOOK_STAGES = ("prestart", "createRuntime")
+_S_IFMT, _S_IFSOCK, _S_IFDIR = 0o170000, 0o140000, 0o040000
+DEFAULT_CACHE_DIR = "/run/nvc"  # nvc.private_files.DEFAULT_CACHE_DIR (kept equal by a test)
+
+
+def _environ() -> "dict[str, str]":
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    return {k.decode(encoding, errors): v.decode(encoding, errors) for k, v in posix.environ.items()}
+
+
+def _take_state() -> bytes:
+    """The state the runtime wrote on stdin, leaving ``sys.stdin`` able to give it to the hook again."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    getvalue = getattr(buffer, "getvalue", None)
+    if getvalue is not None:  # the pre-filter read it already and put it back as a BytesIO
+        return getvalue()
+    import io
+
+    stdin = sys.stdin
+    raw = stdin.buffer.read()
+    sys.stdin = io.TextIOWrapper(io.BytesIO(raw), encoding=stdin.encoding, errors=stdin.errors, newline="\n")
+    return raw
+
+
+def _open_private_dir(path: bytes) -> "int | None":
+    """An fd of the socket's directory when it is a real directory of ours that nobody else can write (the rule of
+    :func:`nvc.private_files.open_cache_dir`, without creating it: a launcher has no business making it)."""
+    try:
+        fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+    except OSError:
+        return None
+    st = posix.fstat(fd)
+    if st.st_mode & _S_IFMT != _S_IFDIR or st.st_uid != posix.geteuid() or st.st_mode & 0o022:
+        posix.close(fd)
+        return None
+    return fd
+
+
+def _trace(what: str) -> None:
+    if posix.environ.get(b"NVC_LAUNCHER_TRACE"):
+        sys.stderr.write(f"nvc-launcher: helper={what}\n")
+
+
+def try_helper() -> "int | None":
+    """The OCI hook's exit status from the helper, or ``None``: run the hook here (see the module docstring)."""
+    if sys.argv[1:] not in ([stage] for stage in _HOOK_STAGES):
+        return None
+    return _guarded("hook", True)
+
+
+def try_helper_cli() -> "int | None":
+    """The same for ``nvidia-container-cli``, for its ``configure`` only (what runsc and containerd's oci-hook exec
+    on every start); other commands are diagnoses that a person runs, where a fresh process is the point."""
+    if "configure" not in sys.argv[1:]:
+        return None
+    return _guarded("cli", False)
+
+
+def _guarded(tool: str, with_state: bool) -> "int | None":
+    try:
+        return _try_helper(tool, with_state)
+    except Exception:  # any doubt at all: the tool runs in this process
+        _trace("error")
+        return None
+
+
+def _try_helper(tool: str, with_state: bool) -> "int | None":
+    if posix.environ.get(NO_HELPER_ENV.encode(), b"") not in (b"", b"0"):
+        return None
+    directory = posix.environ.get(b"NVC_CACHE_DIR") or DEFAULT_CACHE_DIR.encode()
+    if not directory.startswith(b"/"):
+        return None
+    try:  # the common case without a helper: one failed stat, nothing else
+        posix.stat(directory + b"/" + SOCKET_NAME.encode(), follow_symlinks=False)
+    except OSError:
+        _trace("absent")
+        return None
+    dir_fd = _open_private_dir(directory)
+    if dir_fd is None:
+        _trace("untrusted directory")
+        return None
+    cwd_fd = None
+    try:
+        try:
+            st = posix.stat(SOCKET_NAME, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            _trace("absent")
+            return None
+        if st.st_mode & _S_IFMT != _S_IFSOCK or st.st_uid != posix.geteuid() or st.st_mode & 0o077:
+            _trace("untrusted socket")
+            return None
+        import _socket
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        try:
+            try:  # through the directory we checked, not its path again
+                sock.connect(f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}")
+            except OSError:
+                _trace("not listening")
+                return None
+            state = _take_state() if with_state else b""
+            from nvc import jsonfast
+
+            payload = jsonfast.dumps({
+                "package": __file__.rpartition("/")[0],
+                "tool": tool,
+                "argv0": sys.argv[0],
+                "argv": sys.argv[1:],
+                "env": _environ(),
+                "state": state.decode("latin-1"),  # bytes as they came, whatever their encoding
+            }).encode()
+            cwd_fd = posix.open(".", posix.O_PATH | posix.O_CLOEXEC)
+            fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2, cwd_fd))
+            message = MAGIC + len(payload).to_bytes(4, "little") + payload
+            sent = sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            if sent < len(message):
+                sock.sendall(message[sent:])
+            reply = _receive(sock, 1)
+            accepted = reply == bytes((ACCEPTED,))
+            if accepted:
+                reply = _receive(sock, 2)
+            elif reply:
+                reply += _receive(sock, 1)
+        finally:
+            sock.close()
+    finally:
+        posix.close(dir_fd)
+        if cwd_fd is not None:
+            posix.close(cwd_fd)
+    if len(reply) == 2 and reply[0] == RAN:
+        _trace("ran")
+        return reply[1]
+    if len(reply) == 2 and reply[0] == DECLINED:
+        _trace(f"declined ({REASONS.get(reply[1], 'unknown')})")
+        return None
+    if not accepted:  # closed without a word: not a caller it serves, or it is going away
+        _trace("refused")
+        return None
+    # Taken on, then gone: part of the start may have been done. Running it again here could do it twice, so the
+    # start fails as any failed hook does (the runtime removes the container with what was done to it).
+    _trace("gone before it reported")
+    sys.stderr.write(f"{sys.argv[0].rpartition('/')[2]}: helper error: the hook helper ended this start without "
+                     "a result (see its log: journalctl -u nvc-hook-helper)\n")
+    return 1
+
+
+def _receive(sock, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -1,0 +1,303 @@
+"""The resident hook helper (nvc/commands/hook_helper.py) and its client in the launchers (nvc/hook_client.py).
+
+Real parts: the helper runs as its own process on a private socket directory; the hook and the CLI are the
+wrappers a runtime finds on PATH (fixtures/tools.py, the launchers' logic); containers are started by runc or are
+held mount namespaces that the CLI configures. Each test checks both sides: what the caller got, and what the
+helper's log says it did (so a test cannot pass because everything silently ran in the caller).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.rootfs import busybox_rootfs, copy_rootfs, safe_rmtree
+from fixtures.runtimes import make_bundle, run_runc, unique_id
+from fixtures.tools import REPO, _site_dirs, install_tools, point_tools_at
+from tests.test_e2e_runtimes import assert_gpu_container, gpu_bundle, hook_entry
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, runc)")
+
+
+class Helper:
+    """A running helper on its own socket directory; ``env`` is the runtime's environment that reaches it."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], tree: Path = REPO) -> None:
+        self.directory = tmp / "helper-cache"
+        self.directory.mkdir(mode=0o700)
+        self.env = {**env, "NVC_CACHE_DIR": str(self.directory), "NVC_LAUNCHER_TRACE": "1"}
+        self.log = tmp / "helper.log"
+        path = [str(tree), *_site_dirs()]
+        code = f"import sys; sys.path[:0] = {path!r}; from nvc.commands.hook_helper import main; sys.exit(main())"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], env=self.env, stderr=log,
+                                         stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while "listening on" not in self.log.read_text():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "the helper did not start"
+            time.sleep(0.05)
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+    def wait_for(self, text: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines()):
+            assert time.monotonic() < deadline, f"{text!r} not in the helper's log: {self.lines()}"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def helper(tmp_path, tools):
+    running = Helper(tmp_path, tools[1])
+    yield running
+    running.stop()
+    assert not (running.directory / "hook.sock").exists()  # removed on the way out
+
+
+def held_namespace() -> subprocess.Popen:
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "600"])
+    while os.readlink(f"/proc/{proc.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+        time.sleep(0.001)
+    return proc
+
+
+def mounts_in(pid: int, below: Path) -> list[str]:
+    table = subprocess.run(["nsenter", "-t", str(pid), "-m", "cat", "/proc/self/mountinfo"], capture_output=True,
+                           text=True, check=True).stdout
+    return sorted(line.split()[4] for line in table.splitlines() if line.split()[4].startswith(str(below)))
+
+
+def run_hook(bindir: Path, env: dict[str, str], bundle: Path, pid: int) -> subprocess.CompletedProcess[str]:
+    state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": pid, "bundle": str(bundle)})
+    return subprocess.run([str(bindir / "nvidia-container-runtime-hook"), "prestart"], input=state, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_runc_start_goes_through_the_helper(tmp_path, tools, helper):
+    bindir, _ = tools
+    bundle = gpu_bundle(tmp_path, ["NVIDIA_VISIBLE_DEVICES=1"], {"prestart": [hook_entry(bindir, "prestart")]})
+    res = run_runc(bundle, unique_id(), env=helper.env)
+    assert res.returncode == 0, res.stderr
+    assert_gpu_container(res.stdout)
+    helper.wait_for("exit 0")
+    safe_rmtree(bundle)
+
+
+def test_the_helper_does_what_the_hook_does_in_its_own_process(tmp_path, tools, helper):
+    """Same mounts in the container either way; the launcher's trace says which way it went."""
+    bindir, _ = tools
+    results = {}
+    for way, extra in (("helper", {}), ("in-process", {"NVC_NO_HELPER": "1"})):
+        bundle = tmp_path / way
+        make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"],
+                    env=["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"])
+        holder = held_namespace()
+        try:
+            res = run_hook(bindir, {**helper.env, **extra}, bundle, holder.pid)
+            assert res.returncode == 0, res.stderr
+            results[way] = ([m.replace(str(bundle), "") for m in mounts_in(holder.pid, bundle)], res.stderr)
+        finally:
+            holder.kill()
+            holder.wait()
+        safe_rmtree(bundle)
+    assert "nvc-launcher: helper=ran" in results["helper"][1]
+    assert "helper=" not in results["in-process"][1]
+    assert results["helper"][0] == results["in-process"][0] and len(results["helper"][0]) > 10
+
+
+def test_cli_configure_goes_through_the_helper(tmp_path, tools, helper):
+    bindir, _ = tools
+    rootfs = copy_rootfs(busybox_rootfs(), tmp_path / "rootfs")
+    holder = held_namespace()
+    try:
+        res = subprocess.run([str(bindir / "nvidia-container-cli"), "--load-kmods", "configure", "--device=0",
+                              "--utility", f"--pid={holder.pid}", str(rootfs)], env=helper.env,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stderr
+        assert "nvc-launcher: helper=ran" in res.stderr
+        assert any(m.endswith("/usr/bin/nvidia-smi") for m in mounts_in(holder.pid, rootfs))
+    finally:
+        holder.kill()
+        holder.wait()
+    helper.wait_for("exit 0")
+    safe_rmtree(tmp_path / "rootfs")
+
+
+def test_a_failed_start_is_the_same_one_line_error(tmp_path, tools, helper):
+    bindir, _ = tools
+    bundle = gpu_bundle(tmp_path, ["NVIDIA_VISIBLE_DEVICES=7"], {"prestart": [hook_entry(bindir, "prestart")]})
+    res = run_runc(bundle, unique_id(), env=helper.env)
+    assert res.returncode != 0
+    assert "nvidia-container-runtime-hook: device error: 7: unknown device" in res.stderr
+    assert "Traceback" not in res.stderr
+    helper.wait_for("exit 1")
+    safe_rmtree(bundle)
+
+
+def test_a_caller_in_another_mount_namespace_is_declined(tmp_path, tools, helper):
+    """The helper would resolve the state's paths in its own namespace: it leaves such a start to the launcher."""
+    bindir, _ = tools
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+    state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": os.getpid(), "bundle": str(bundle)})
+    res = subprocess.run(["unshare", "-m", str(bindir / "nvidia-container-runtime-hook"), "prestart"], input=state,
+                         env=helper.env, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "helper=declined (another namespace)" in res.stderr
+    helper.wait_for("declined (another namespace)")
+    safe_rmtree(bundle)
+
+
+def _as_nobody(fd: int, then) -> int:
+    """Exit status of a child that drops to uid/gid 65534 and runs ``then(path of the socket)`` (its result: 0
+    for what the test expects). The socket is reached through an fd of its directory, so that the temporary
+    directories above it (root's, 0700) are not in the way: only the directory's and the socket's modes are."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os._exit(then(f"/proc/self/fd/{fd}/hook.sock"))
+        except BaseException:
+            os._exit(2)
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+
+def _cannot_connect(path: str) -> int:
+    try:
+        socket.socket(socket.AF_UNIX).connect(path)
+    except PermissionError:
+        return 0
+    return 1
+
+
+def _connected_then_closed_unanswered(path: str) -> int:
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(path)
+    client.settimeout(10)
+    return 0 if client.recv(2) == b"" else 1
+
+
+def test_another_user_is_refused_and_the_helper_carries_on(tmp_path, tools, helper):
+    fd = os.open(helper.directory, os.O_PATH)
+    try:
+        # Not even allowed to connect: the directory is 0700, the socket 0600, both root's...
+        assert _as_nobody(fd, _cannot_connect) == 0
+        # ...and when both are opened up, the helper still refuses the caller by its credentials.
+        helper.directory.chmod(0o711)
+        (helper.directory / "hook.sock").chmod(0o666)
+        assert _as_nobody(fd, _connected_then_closed_unanswered) == 0
+    finally:
+        os.close(fd)
+    helper.wait_for("refused a caller with uid 65534")
+    (helper.directory / "hook.sock").chmod(0o600)
+    helper.directory.chmod(0o700)
+    test_runc_start_goes_through_the_helper(tmp_path, tools, helper)  # still serving root
+
+
+def test_the_launcher_ignores_a_socket_others_could_have_made(tmp_path, tools):
+    """A socket that is not root's alone (mode 0666 here) is never connected to: the hook runs in its process."""
+    bindir, env = tools
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(directory / "hook.sock"))
+    listener.listen(1)
+    (directory / "hook.sock").chmod(0o666)
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+    res = run_hook(bindir, {**env, "NVC_CACHE_DIR": str(directory), "NVC_LAUNCHER_TRACE": "1"}, bundle, os.getpid())
+    assert res.returncode == 0, res.stderr
+    assert "helper=untrusted socket" in res.stderr
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody connected
+    listener.close()
+    safe_rmtree(bundle)
+
+
+def test_changed_code_makes_the_helper_exit_and_the_launcher_carry_on(tmp_path, host):
+    """After an upgrade (here: a module edited in a copy of the package) the helper goes away for its service
+    manager to start the new code; the next start runs in its launcher."""
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO / "nvc", tree / "nvc", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "scripts/launchers", tree / "scripts/launchers")
+    shutil.copy(REPO / "pyproject.toml", tree / "pyproject.toml")
+    bindir = tmp_path / "bin"
+    env = install_tools(bindir, host)
+    point_tools_at(bindir, tree)
+    running = Helper(tmp_path, env, tree)
+    try:
+        bundle = tmp_path / "bundle"
+        make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+        assert "helper=ran" in run_hook(bindir, running.env, bundle, os.getpid()).stderr
+        errors = tree / "nvc/errors.py"
+        errors.write_text(errors.read_text() + "\n")
+        run_hook(bindir, running.env, bundle, os.getpid())  # served by the old code, which then notices
+        running.proc.wait(timeout=30)
+        assert running.proc.returncode == 0
+        assert any("nvc changed on disk" in line for line in running.lines())
+        res = run_hook(bindir, running.env, bundle, os.getpid())
+        assert res.returncode == 0, res.stderr
+        assert "helper=absent" in res.stderr
+    finally:
+        running.stop()
+
+
+def test_a_caller_from_another_install_is_declined(tmp_path, host, helper):
+    """The launcher of another copy of nvc (another venv, a distribution package) must not be served this one's
+    code: the helper declines, the launcher runs its own."""
+    tree = tmp_path / "other"
+    shutil.copytree(REPO / "nvc", tree / "nvc", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "scripts/launchers", tree / "scripts/launchers")
+    shutil.copy(REPO / "pyproject.toml", tree / "pyproject.toml")
+    bindir = tmp_path / "other-bin"
+    install_tools(bindir, host)
+    point_tools_at(bindir, tree)
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+    res = run_hook(bindir, helper.env, bundle, os.getpid())
+    assert res.returncode == 0, res.stderr
+    assert "helper=declined (another install)" in res.stderr
+
+
+def test_the_unit_passes_systemds_verifier(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = REPO / "hooks/nvc-hook-helper.service"
+    nvc = tmp_path / "bin/nvc"
+    nvc.parent.mkdir()
+    nvc.write_text("#!/bin/sh\nexit 0\n")
+    nvc.chmod(0o755)
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / unit.name).write_text(unit.read_text().replace("/usr/local/bin/nvc-hook-helper", str(nvc)))
+    res = subprocess.run([analyze, "verify", "--man=no", str(units / unit.name)],
+                         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:/lib/systemd/system:"},
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "hook-helper" in unit.read_text()
+
+
+def test_the_launcher_looks_where_the_caches_live():
+    from nvc import hook_client, private_files
+
+    assert hook_client.DEFAULT_CACHE_DIR == private_files.DEFAULT_CACHE_DIR
+    assert hook_client.NO_HELPER_ENV == "NVC_NO_HELPER"

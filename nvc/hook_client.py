@@ -12,7 +12,8 @@ code. The launcher calls :func:`try_helper` after the pre-filter and before it i
 * once the helper has taken the start on, its answer is final: should it end without a result, the start fails
   with one line, as a failed hook does (running it again here could do part of it twice).
 * an exit status means the helper's child ran the hook to the end, writing to this process's own stdout and
-  stderr (passed over the socket with the working directory) exactly what the hook in this process would have.
+  stderr (passed over the socket with the working directory) exactly what the hook in this process would have,
+  with this process's environment, arguments and umask.
 
 ``nvidia-container-cli configure`` (exec'd by runsc, containerd's oci-hook and NVIDIA's own hook on every start)
 goes the same way through :func:`try_helper_cli`.
@@ -57,6 +58,12 @@ def _take_state() -> bytes:
     raw = stdin.buffer.read()
     sys.stdin = io.TextIOWrapper(io.BytesIO(raw), encoding=stdin.encoding, errors=stdin.errors, newline="\n")
     return raw
+
+
+def _umask() -> int:
+    mask = posix.umask(0o077)
+    posix.umask(mask)
+    return mask
 
 
 def _open_private_dir(path: bytes) -> "int | None":
@@ -144,6 +151,7 @@ def _try_helper(tool: str, with_state: bool) -> "int | None":
                 "argv0": sys.argv[0],
                 "argv": sys.argv[1:],
                 "env": _environ(),
+                "umask": _umask(),
                 "state": state.decode("latin-1"),  # bytes as they came, whatever their encoding
             }).encode()
             cwd_fd = posix.open(".", posix.O_PATH | posix.O_CLOEXEC)

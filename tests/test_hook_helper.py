@@ -301,3 +301,39 @@ def test_the_launcher_looks_where_the_caches_live():
 
     assert hook_client.DEFAULT_CACHE_DIR == private_files.DEFAULT_CACHE_DIR
     assert hook_client.NO_HELPER_ENV == "NVC_NO_HELPER"
+
+
+def _log_mode_after_a_start(tmp_path: Path, bindir: Path, env: dict[str, str], way: str, umask: str):
+    """The mode the hook's debug log file (``[nvidia-container-cli] debug``, created by the start) gets when the
+    hook runs with ``umask``; and the launcher's trace."""
+    log = tmp_path / f"{way}.log"
+    config = tmp_path / f"{way}.toml"
+    config.write_text((bindir / "config.toml").read_text().replace(
+        "[nvidia-container-cli]\n", f'[nvidia-container-cli]\ndebug = "{log}"\n'))
+    bundle = tmp_path / way
+    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"],
+                env=["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=utility"])
+    holder = held_namespace()
+    state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": holder.pid, "bundle": str(bundle)})
+    try:
+        res = subprocess.run(["sh", "-c", f"umask {umask}; exec {bindir}/nvidia-container-runtime-hook prestart"],
+                             input=state, env={**env, "NVIDIA_CTK_CONFIG_FILE_PATH": str(config)},
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    safe_rmtree(bundle)
+    return log.stat().st_mode & 0o777, res.stderr
+
+
+def test_the_start_runs_with_the_callers_umask(tmp_path, tools, helper):
+    """What the start creates (here the debug log) gets the mode it would get in the hook's own process: the
+    caller's umask, not the helper's."""
+    bindir, _ = tools
+    for mask, mode in (("022", 0o644), ("077", 0o600)):
+        alone, trace = _log_mode_after_a_start(tmp_path, bindir, {**helper.env, "NVC_NO_HELPER": "1"},
+                                               f"in-process-{mask}", mask)
+        assert (alone, "helper=" in trace) == (mode, False)
+        helped, trace = _log_mode_after_a_start(tmp_path, bindir, helper.env, f"helper-{mask}", mask)
+        assert (helped, "helper=ran" in trace) == (mode, True)

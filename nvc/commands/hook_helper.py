@@ -1,6 +1,6 @@
 """The resident hook helper: the OCI hook's code loaded once, a forked child per container start.
 
-``python3 -I -m nvc.commands.hook_helper`` (the ``nvc-hook-helper`` systemd unit) listens on ``hook.sock`` in the
+``nvc-hook-helper`` (run by ``hooks/nvc-hook-helper.service``, shipped disabled) listens on ``hook.sock`` in the
 answer cache directory (``/run/nvc``). The hook's launcher (:mod:`nvc.hook_client`) connects, passes its stdin,
 stdout, stderr and working directory as descriptors with its argv, environment and the state it read; a child of
 the helper then runs :func:`nvc.commands.hook.main` on them, as the launcher would have, and reports the exit
@@ -106,7 +106,8 @@ def _receive(conn) -> tuple[dict, list[int]]:
     if (not isinstance(message, dict) or not isinstance(message.get("argv"), list)
             or not all(isinstance(a, str) for a in message["argv"]) or not isinstance(message.get("env"), dict)
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in message["env"].items())
-            or not all(isinstance(message.get(k), str) for k in ("state", "package", "tool", "argv0"))):
+            or not all(isinstance(message.get(k), str) for k in ("state", "package", "tool", "argv0"))
+            or type(message.get("umask")) is not int or not 0 <= message["umask"] <= 0o777):
         raise _Decline(b"m")
     return message, fds
 
@@ -133,6 +134,7 @@ def _run_start(conn, peer_pid: int) -> bytes:
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         os.fchdir(fds[3])
+        os.umask(message["umask"])  # what the hook creates in the container gets the modes it would have had
         os.environ.clear()
         os.environ.update(message["env"])
         sys.argv = [message["argv0"], *message["argv"]]
@@ -291,15 +293,19 @@ def _peer(conn) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -I -m nvc.commands.hook_helper [--directory DIR]`` (default: the answer cache directory)."""
+    """``nvc-hook-helper [--directory DIR]`` (default: the answer cache directory)."""
     from nvc.private_files import cache_dir_path
 
     args = list(sys.argv[1:] if argv is None else argv)
     directory = cache_dir_path()
+    usage = "usage: nvc-hook-helper [--directory DIR]\n"
+    if args in (["--help"], ["-h"]):
+        sys.stdout.write(usage)
+        return 0
     if args[:1] == ["--directory"] and len(args) == 2:
         directory = args[1]
     elif args:
-        sys.stderr.write("usage: python3 -I -m nvc.commands.hook_helper [--directory DIR]\n")
+        sys.stderr.write(usage)
         return 2
     if os.geteuid() != 0:
         sys.stderr.write("nvc-hook-helper: must run as root (it configures containers for root's runtimes)\n")

@@ -55,15 +55,32 @@ class Helper:
             assert time.monotonic() < deadline, f"{text!r} not in the helper's log: {self.lines()}"
             time.sleep(0.02)
 
+    def children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
     def stop(self) -> None:
+        """Stop it as systemd would, and check that its waiting spare child went with it."""
+        spares = self.children()
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in spares):
+            assert time.monotonic() < deadline, f"the helper left {spares} behind"
+            time.sleep(0.02)
 
 
 @pytest.fixture
 def helper(tmp_path, tools):
     running = Helper(tmp_path, tools[1])
+    deadline = time.monotonic() + 10
+    while len(running.children()) != 1:  # the spare, forked before any start arrives
+        assert time.monotonic() < deadline, running.children()
+        time.sleep(0.01)
     yield running
     running.stop()
     assert not (running.directory / "hook.sock").exists()  # removed on the way out

@@ -16,8 +16,9 @@ What keeps it safe:
   there), and come from the same install of nvc;
 * with each start the helper compares its modules' files with what it loaded (size, mtime): after an upgrade or
   an edit it exits (removing its socket), and its service manager starts the new code;
-* each start runs in a fresh child (forked before anything of the caller's is read), so a start cannot change
-  the helper or another start; the child exits when the hook is done;
+* each start runs in its own child, forked before the start arrives (a spare waiting in ``accept``) and so
+  before anything of the caller's is read: a start cannot change the helper or another start, and the child
+  exits when the hook is done;
 * a hook that would exec an external CLI (``[nvidia-container-cli] path``) is declined, so that the launcher
   execs it as it always does.
 """
@@ -167,7 +168,9 @@ def _run_start(conn, peer_pid: int) -> bytes:
     return bytes((RAN, code if isinstance(code, int) and 0 <= code <= 255 else 1))
 
 
-def _child(listener, conn, peer_pid: int, log_fd: int) -> None:
+def _spare(listener, log_fd: int, taken_w: int) -> None:
+    """A child forked ahead of the next start, so that no fork sits on a start's path: it takes one connection,
+    tells the helper (one byte on ``taken_w``: fork the next spare), serves it and exits."""
     import gc
     import signal
     import time
@@ -175,20 +178,33 @@ def _child(listener, conn, peer_pid: int, log_fd: int) -> None:
     gc.disable()  # a collection would copy every page shared with the helper; this child lives for one start
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the hook waits for its own children (the NVML helper)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    listener.close()
-    started = time.monotonic()
+    code = 1
     try:
-        reply = _run_start(conn, peer_pid)
-    except BaseException as exc:  # a bug of ours: no reply (the launcher reports it once the start was taken on)
-        _log(log_fd, f"start for pid {peer_pid} failed: {type(exc).__name__}: {exc}")
-        os._exit(1)
-    try:
-        conn.sendall(reply)
-    except OSError:
-        pass
-    outcome = f"exit {reply[1]}" if reply[0] == RAN else f"declined ({REASONS.get(reply[1], '?')})"
-    _log(log_fd, f"start for pid {peer_pid}: {outcome} in {(time.monotonic() - started) * 1000:.1f} ms")
-    os._exit(0)
+        try:
+            conn, _ = listener.accept()
+        finally:
+            os.write(taken_w, b".")  # taken, or failed: either way the helper forks the next spare
+        listener.close()
+        with conn:
+            peer_pid, uid = _peer(conn)
+            if uid not in (0, os.geteuid()) or peer_pid <= 0:
+                _log(log_fd, f"refused a caller with uid {uid} (pid {peer_pid})")
+                os._exit(0)  # closed without a word
+            started = time.monotonic()
+            try:
+                reply = _run_start(conn, peer_pid)
+            except BaseException as exc:  # a bug of ours: no reply (the launcher reports it once taken on)
+                _log(log_fd, f"start for pid {peer_pid} failed: {type(exc).__name__}: {exc}")
+                os._exit(1)
+            try:
+                conn.sendall(reply)
+            except OSError:
+                pass
+            outcome = f"exit {reply[1]}" if reply[0] == RAN else f"declined ({REASONS.get(reply[1], '?')})"
+            _log(log_fd, f"start for pid {peer_pid}: {outcome} in {(time.monotonic() - started) * 1000:.1f} ms")
+            code = 0
+    finally:
+        os._exit(code)
 
 
 def _log(fd: int, line: str) -> None:
@@ -249,20 +265,20 @@ def serve(directory: str) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     gc.collect()
     gc.freeze()  # what is loaded now stays put: the children share its pages untouched
-    me = os.geteuid()
     log_fd = os.dup(2)  # the helper's own log (the journal): each child's fd 2 becomes its caller's stderr
     _log(log_fd, f"listening on {directory}/{SOCKET_NAME} ({len(PRELOAD)} modules loaded)")
+    taken_r, taken_w = os.pipe()
+    spare = None
     try:
         while True:
-            conn, _ = listener.accept()
-            with conn:
-                pid, uid = _peer(conn)
-                if uid not in (0, me) or pid <= 0:
-                    _log(log_fd, f"refused a caller with uid {uid} (pid {pid})")
-                    continue  # closed without a word
-                if os.fork() == 0:
-                    _child(listener, conn, pid, log_fd)
-            # While the child works (not before it: 0.2 ms a start): is what we loaded still what is on disk? A
+            spare = os.fork()
+            if spare == 0:
+                os.close(taken_r)
+                _spare(listener, log_fd, taken_w)
+            if not os.read(taken_r, 1):
+                return 1  # cannot happen while we hold taken_w
+            spare = None  # it has a start (or failed): no longer ours to stop
+            # While that child works (not before it: 0.2 ms a start): is what we loaded still what is on disk? A
             # start that had begun when the files changed is served by the old code, as it would have been had it
             # come a moment earlier; the next finds the socket gone and runs in its launcher until we are back.
             if code_stamp() != stamp:
@@ -271,6 +287,8 @@ def serve(directory: str) -> int:
     finally:
         listener.close()
         _unlink_socket(directory, socket_id)
+        if spare:  # the idle spare would go on accepting on the listener it shares with us
+            os.kill(spare, signal.SIGTERM)
 
 
 def _unlink_socket(directory: str, socket_id: tuple[int, int]) -> None:

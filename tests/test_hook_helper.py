@@ -354,3 +354,30 @@ def test_the_start_runs_with_the_callers_umask(tmp_path, tools, helper):
         assert (alone, "helper=" in trace) == (mode, False)
         helped, trace = _log_mode_after_a_start(tmp_path, bindir, helper.env, f"helper-{mask}", mask)
         assert (helped, "helper=ran" in trace) == (mode, True)
+
+
+def test_starts_at_the_same_time_are_each_served(tmp_path, tools, helper):
+    """Four hooks at once: each gets its own child (the next spare is forked as soon as one is taken)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bindir, _ = tools
+    holders, bundles = [], []
+    for i in range(4):
+        bundle = tmp_path / f"b{i}"
+        make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"],
+                    env=["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=utility"])
+        bundles.append(bundle)
+        holders.append(held_namespace())
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda i: run_hook(bindir, helper.env, bundles[i], holders[i].pid), range(4)))
+        for i, res in enumerate(results):
+            assert res.returncode == 0 and "helper=ran" in res.stderr, res.stderr
+            assert any(m.endswith("/usr/bin/nvidia-smi") for m in mounts_in(holders[i].pid, bundles[i]))
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    assert sum("exit 0" in line for line in helper.lines()) == 4
+    for bundle in bundles:
+        safe_rmtree(bundle)

@@ -2,7 +2,8 @@
 
 A Python hook pays for its imports on every container start (6-8 ms of the ~21 it takes here); the helper
 (:mod:`nvc.commands.hook_helper`) has them loaded already and forks a child per start that runs the very same hook
-code. The launcher calls :func:`try_helper` after the pre-filter and before it imports the hook:
+code. Once :mod:`nvc.helper_probe` has seen the helper's socket, the launcher offers it the start (:func:`offer`)
+before it imports the hook:
 
 * ``None`` means "run the hook in this process", and is the answer to every doubt: no socket, a socket or
   directory that is not root's alone, a refused connection, a helper that declines (the caller lives in another
@@ -16,29 +17,28 @@ code. The launcher calls :func:`try_helper` after the pre-filter and before it i
   with this process's environment, arguments and umask.
 
 ``nvidia-container-cli configure`` (exec'd by runsc, containerd's oci-hook and NVIDIA's own hook on every start)
-goes the same way through :func:`try_helper_cli`.
+goes the same way.
 
-Only :mod:`posix`, :mod:`_socket` (C) and :mod:`nvc.jsonfast`: this runs before anything else is loaded, and on a
-host without a helper it costs one failed ``stat``. The socket is ``hook.sock`` in the answer cache directory
-(``/run/nvc``, ``$NVC_CACHE_DIR``), used only when that is a real directory of ours that nobody else can write and
-the socket is ours, mode 0600 or stricter.
+Only :mod:`posix`, :mod:`_socket` (C) and :mod:`nvc.jsonfast`: this runs before the hook's modules are loaded.
+The socket is ``hook.sock`` in the answer cache directory (``/run/nvc``, ``$NVC_CACHE_DIR``), used only when that
+is a real directory of ours that nobody else can write and the socket is ours, mode 0600 or stricter.
 """
 
 import posix
 import sys
 
-SOCKET_NAME = "hook.sock"
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 MAGIC = b"nvc-hook-helper 1\n"
-NO_HELPER_ENV = "NVC_NO_HELPER"
 #: What the helper answers: ``A`` once it has taken the start on, then ``C`` + the exit status when the hook has
 #: run; ``D`` + a reason byte when it declines (before ``A``, or after it only for an exec'd CLI: nothing ran yet).
 ACCEPTED, RAN, DECLINED = ord("A"), ord("C"), ord("D")
 #: Why a helper declines (the reason byte), for the launcher's trace and the tests.
 REASONS = {ord("n"): "another namespace", ord("p"): "another install",
            ord("x"): "exec'd CLI", ord("m"): "bad message", ord("t"): "unknown tool"}
-_HOOK_STAGES = ("prestart", "createRuntime")
 _S_IFMT, _S_IFSOCK, _S_IFDIR = 0o170000, 0o140000, 0o040000
-DEFAULT_CACHE_DIR = "/run/nvc"  # nvc.private_files.DEFAULT_CACHE_DIR (kept equal by a test)
 
 
 def _environ() -> "dict[str, str]":
@@ -80,67 +80,43 @@ def _open_private_dir(path: bytes) -> "int | None":
     return fd
 
 
-def _trace(what: str) -> None:
-    if posix.environ.get(b"NVC_LAUNCHER_TRACE"):
-        sys.stderr.write(f"nvc-launcher: helper={what}\n")
 
-
-def try_helper() -> "int | None":
-    """The OCI hook's exit status from the helper, or ``None``: run the hook here (see the module docstring)."""
-    if sys.argv[1:] not in ([stage] for stage in _HOOK_STAGES):
-        return None
-    return _guarded("hook", True)
-
-
-def try_helper_cli() -> "int | None":
-    """The same for ``nvidia-container-cli``, for its ``configure`` only (what runsc and containerd's oci-hook exec
-    on every start); other commands are diagnoses that a person runs, where a fresh process is the point."""
-    if "configure" not in sys.argv[1:]:
-        return None
-    return _guarded("cli", False)
-
-
-def _guarded(tool: str, with_state: bool) -> "int | None":
+def offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
+          trace: "Callable[[str], None]") -> "int | None":
+    """Offer this start to the helper listening on ``socket_name`` in ``directory`` (:mod:`nvc.helper_probe` saw
+    it there): the exit status it reports, or ``None`` for "run it here" (the module docstring). ``trace`` is told
+    what became of the offer."""
     try:
-        return _try_helper(tool, with_state)
+        return _offer(directory, socket_name, tool, with_state, trace)
     except Exception:  # any doubt at all: the tool runs in this process
-        _trace("error")
+        trace("error")
         return None
 
 
-def _try_helper(tool: str, with_state: bool) -> "int | None":
-    if posix.environ.get(NO_HELPER_ENV.encode(), b"") not in (b"", b"0"):
-        return None
-    directory = posix.environ.get(b"NVC_CACHE_DIR") or DEFAULT_CACHE_DIR.encode()
-    if not directory.startswith(b"/"):
-        return None
-    try:  # the common case without a helper: one failed stat, nothing else
-        posix.stat(directory + b"/" + SOCKET_NAME.encode(), follow_symlinks=False)
-    except OSError:
-        _trace("absent")
-        return None
+def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
+           trace: "Callable[[str], None]") -> "int | None":
     dir_fd = _open_private_dir(directory)
     if dir_fd is None:
-        _trace("untrusted directory")
+        trace("untrusted directory")
         return None
     cwd_fd = None
     try:
         try:
-            st = posix.stat(SOCKET_NAME, dir_fd=dir_fd, follow_symlinks=False)
+            st = posix.stat(socket_name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
-            _trace("absent")
+            trace("absent")
             return None
         if st.st_mode & _S_IFMT != _S_IFSOCK or st.st_uid != posix.geteuid() or st.st_mode & 0o077:
-            _trace("untrusted socket")
+            trace("untrusted socket")
             return None
         import _socket
 
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             try:  # through the directory we checked, not its path again
-                sock.connect(f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}")
+                sock.connect(f"/proc/self/fd/{dir_fd}/{socket_name}")
             except OSError:
-                _trace("not listening")
+                trace("not listening")
                 return None
             state = _take_state() if with_state else b""
             from nvc import jsonfast
@@ -173,17 +149,17 @@ def _try_helper(tool: str, with_state: bool) -> "int | None":
         if cwd_fd is not None:
             posix.close(cwd_fd)
     if len(reply) == 2 and reply[0] == RAN:
-        _trace("ran")
+        trace("ran")
         return reply[1]
     if len(reply) == 2 and reply[0] == DECLINED:
-        _trace(f"declined ({REASONS.get(reply[1], 'unknown')})")
+        trace(f"declined ({REASONS.get(reply[1], 'unknown')})")
         return None
     if not accepted:  # closed without a word: not a caller it serves, or it is going away
-        _trace("refused")
+        trace("refused")
         return None
     # Taken on, then gone: part of the start may have been done. Running it again here could do it twice, so the
     # start fails as any failed hook does (the runtime removes the container with what was done to it).
-    _trace("gone before it reported")
+    trace("gone before it reported")
     sys.stderr.write(f"{sys.argv[0].rpartition('/')[2]}: helper error: the hook helper ended this start without "
                      "a result (see its log: journalctl -u nvc-hook-helper)\n")
     return 1

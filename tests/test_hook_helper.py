@@ -314,10 +314,10 @@ def test_the_unit_passes_systemds_verifier(tmp_path):
 
 
 def test_the_launcher_looks_where_the_caches_live():
-    from nvc import hook_client, private_files
+    from nvc import helper_probe, private_files
 
-    assert hook_client.DEFAULT_CACHE_DIR == private_files.DEFAULT_CACHE_DIR
-    assert hook_client.NO_HELPER_ENV == "NVC_NO_HELPER"
+    assert helper_probe.DEFAULT_CACHE_DIR == private_files.DEFAULT_CACHE_DIR
+    assert helper_probe.NO_HELPER_ENV == "NVC_NO_HELPER"
 
 
 def _log_mode_after_a_start(tmp_path: Path, bindir: Path, env: dict[str, str], way: str, umask: str):

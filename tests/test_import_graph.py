@@ -17,12 +17,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nvc"
 
-#: The modules that stay at the top of nvc/: small pieces every stage uses, and the three the launchers import before
-#: anything else (the bytecode bundle, the hook's pre-filter, the hook helper's client), so that they cross no folder.
+#: The modules that stay at the top of nvc/: small pieces every stage uses, and the ones the launchers import before
+#: anything else (the bytecode bundle, the hook's pre-filter, the hook helper's probe and client): they cross no folder.
 SHARED = frozenset({
     "nvc", "nvc.atomic_write", "nvc.bytecode_bundle", "nvc.components", "nvc.config_location",
-    "nvc.debuglog", "nvc.driver_info", "nvc.errors", "nvc.hook_client", "nvc.jsonfast", "nvc.oneshot", "nvc.prefilter",
-    "nvc.private_files", "nvc.record", "nvc.rootpath",
+    "nvc.debuglog", "nvc.driver_info", "nvc.errors", "nvc.helper_probe", "nvc.hook_client", "nvc.jsonfast",
+    "nvc.oneshot", "nvc.prefilter", "nvc.private_files", "nvc.record", "nvc.rootpath",
 })
 #: Stage -> rank: a module may import its own stage and lower ranks only; host and request never each other.
 RANKS = {"shared": 0, "sys": 1, "host": 2, "request": 2, "plan": 3, "apply": 4, "emit": 5, "commands": 6}

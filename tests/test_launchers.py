@@ -31,10 +31,10 @@ def test_launchers_are_one_template_and_packaged():
             assert begin and end
             text = head + tail
         fast = '"nvc.prefilter:hook_launcher_skips"' if module == "nvc.commands.hook" else "None"
-        helper = {"nvc.commands.hook": '"nvc.hook_client:try_helper"',
-                  "nvc.commands.cli_main": '"nvc.hook_client:try_helper_cli"'}.get(module, "None")
+        helper = {"nvc.commands.hook": '"nvc.helper_probe:try_helper"',
+                  "nvc.commands.cli_main": '"nvc.helper_probe:try_helper_cli"'}.get(module, "None")
         assert text == template.replace('MODULE = "nvc.commands.cli_main"', f'MODULE = "{module}"').replace(
-            "FAST = None", f"FAST = {fast}").replace('HELPER = "nvc.hook_client:try_helper_cli"',
+            "FAST = None", f"FAST = {fast}").replace('HELPER = "nvc.helper_probe:try_helper_cli"',
                                                      f"HELPER = {helper}"), name
         assert text.startswith("#!/bin/sh\n")  # pip rewrites only #!python, and drops what follows it
         assert os.access(path, os.X_OK)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import os
 import sys
 
-from nvc.hook_client import ACCEPTED, DECLINED, MAGIC, RAN, REASONS, SOCKET_NAME
+from nvc.helper_probe import SOCKET_NAME
+from nvc.hook_client import ACCEPTED, DECLINED, MAGIC, RAN, REASONS
 
 #: What a container start imports, loaded before the first one (a module missing here is imported by the child).
 PRELOAD = (

@@ -35,9 +35,13 @@ MAGIC = b"nvc-hook-helper 1\n"
 #: What the helper answers: ``A`` once it has taken the start on, then ``C`` + the exit status when the hook has
 #: run; ``D`` + a reason byte when it declines (before ``A``, or after it only for an exec'd CLI: nothing ran yet).
 ACCEPTED, RAN, DECLINED = ord("A"), ord("C"), ord("D")
+#: A helper takes a start on within milliseconds; one that has not in this time is stuck, and its child (if it
+#: ever comes) finds the connection closed and does nothing.
+ACCEPT_TIMEOUT_SECONDS = 30.0
 #: Why a helper declines (the reason byte), for the launcher's trace and the tests.
 REASONS = {ord("n"): "another namespace", ord("p"): "another install",
-           ord("x"): "exec'd CLI", ord("m"): "bad message", ord("t"): "unknown tool"}
+           ord("x"): "exec'd CLI", ord("m"): "bad message", ord("t"): "unknown tool",
+           ord("c"): "other capabilities", ord("q"): "configure without --pid"}
 _S_IFMT, _S_IFSOCK, _S_IFDIR = 0o170000, 0o140000, 0o040000
 
 
@@ -136,7 +140,13 @@ def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
             sent = sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
             if sent < len(message):
                 sock.sendall(message[sent:])
-            reply = _receive(sock, 1)
+            sock.settimeout(ACCEPT_TIMEOUT_SECONDS)  # a helper that cannot take the start: run it here
+            try:
+                reply = _receive(sock, 1)
+            except TimeoutError:
+                trace("no answer")
+                return None
+            sock.settimeout(None)
             accepted = reply == bytes((ACCEPTED,))
             if accepted:
                 reply = _receive(sock, 2)

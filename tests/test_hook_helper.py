@@ -381,3 +381,29 @@ def test_starts_at_the_same_time_are_each_served(tmp_path, tools, helper):
     assert sum("exit 0" in line for line in helper.lines()) == 4
     for bundle in bundles:
         safe_rmtree(bundle)
+
+
+def test_a_caller_with_fewer_capabilities_is_declined(tmp_path, tools, helper):
+    """uid 0 is not enough: a caller whose capability sets differ from the helper's runs its start itself."""
+    bindir, _ = tools
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+    state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": os.getpid(), "bundle": str(bundle)})
+    res = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all",
+                          str(bindir / "nvidia-container-runtime-hook"), "prestart"], input=state, env=helper.env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert "helper=declined (other capabilities)" in res.stderr, res.stderr
+    helper.wait_for("declined (other capabilities)")
+    safe_rmtree(bundle)
+
+
+def test_configure_without_pid_is_declined(tmp_path, tools, helper):
+    """Without --pid configure works on its parent process, which in the helper would be the helper."""
+    bindir, _ = tools
+    rootfs = copy_rootfs(busybox_rootfs(), tmp_path / "rootfs")
+    res = subprocess.run([str(bindir / "nvidia-container-cli"), "configure", "--dry-run", "--device=0", "--utility",
+                          str(rootfs)], env=helper.env, capture_output=True, text=True, timeout=60, check=False)
+    assert "helper=declined (configure without --pid)" in res.stderr, res.stderr
+    assert res.returncode == 0, res.stderr
+    safe_rmtree(tmp_path / "rootfs")
+

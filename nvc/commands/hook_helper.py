@@ -70,6 +70,12 @@ def code_stamp(package_dir: str = _PACKAGE_DIR) -> tuple[tuple[str, int, int], .
     return tuple(out)
 
 
+def _capabilities(pid: int | str) -> tuple[str, ...]:
+    """The effective and bounding capability sets of ``pid`` (from its status)."""
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+        return tuple(line.split()[1] for line in f if line.startswith(("CapEff:", "CapBnd:")))
+
+
 def _namespace(pid: int | str, kind: str) -> int:
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
 
@@ -85,7 +91,8 @@ def _receive(conn) -> tuple[dict, list[int]]:
     while len(data) < header or len(data) < header + int.from_bytes(data[len(MAGIC):header], "little"):
         if len(data) > MAX_MESSAGE:
             break
-        chunk, ancdata, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
+        # CLOEXEC from the start: nothing the hook execs (an image's own ldconfig, chrooted) may inherit them.
+        chunk, ancdata, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC)
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(payload) - len(payload) % 4
@@ -128,14 +135,21 @@ def _run_start(conn, peer_pid: int) -> bytes:
             raise _Decline(b"p")
         if message["tool"] not in ("hook", "cli"):
             raise _Decline(b"t")
-        for kind in ("mnt", "pid"):
+        for kind in ("mnt", "pid", "user"):
             if _namespace(peer_pid, kind) != _namespace("self", kind):
                 raise _Decline(b"n")
+        if _capabilities(peer_pid) != _capabilities("self"):
+            raise _Decline(b"c")  # a root caller with fewer capabilities must not get a child with all of ours
+        if message["tool"] == "cli" and not any(a == "--pid" or a.startswith("--pid=") for a in message["argv"]):
+            raise _Decline(b"q")  # configure without --pid works on its parent process: the launcher's, not ours
         import io
 
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         os.fchdir(fds[3])
+        for fd in fds:  # the caller's descriptors are 0, 1, 2 and the working directory now: no copies linger
+            os.close(fd)
+        fds = []
         os.umask(message["umask"])  # what the hook creates in the container gets the modes it would have had
         os.environ.clear()
         os.environ.update(message["env"])
@@ -251,6 +265,7 @@ def _listen(directory: str):
 def serve(directory: str) -> int:
     """Listen until a module changes on disk (exit 0, for the service manager to restart us) or SIGTERM."""
     import gc
+    import select
     import signal
 
     for name in PRELOAD:
@@ -276,8 +291,13 @@ def serve(directory: str) -> int:
             if spare == 0:
                 os.close(taken_r)
                 _spare(listener, log_fd, taken_w)
-            if not os.read(taken_r, 1):
-                return 1  # cannot happen while we hold taken_w
+            while not select.select([taken_r], [], [], 1.0)[0]:
+                try:  # an idle spare killed from outside (OOM): fork another, or callers would queue forever
+                    os.kill(spare, 0)
+                except ProcessLookupError:
+                    break
+            else:
+                os.read(taken_r, 1)
             spare = None  # it has a start (or failed): no longer ours to stop
             # While that child works (not before it: 0.2 ms a start): is what we loaded still what is on disk? A
             # start that had begun when the files changed is served by the old code, as it would have been had it
@@ -289,7 +309,10 @@ def serve(directory: str) -> int:
         listener.close()
         _unlink_socket(directory, socket_id)
         if spare:  # the idle spare would go on accepting on the listener it shares with us
-            os.kill(spare, signal.SIGTERM)
+            try:
+                os.kill(spare, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 def _unlink_socket(directory: str, socket_id: tuple[int, int]) -> None:

@@ -19,9 +19,10 @@ before it imports the hook:
 ``nvidia-container-cli configure`` (exec'd by runsc, containerd's oci-hook and NVIDIA's own hook on every start)
 goes the same way.
 
-Only :mod:`posix`, :mod:`_socket` (C) and :mod:`nvc.jsonfast`: this runs before the hook's modules are loaded.
-The socket is ``hook.sock`` in the answer cache directory (``/run/nvc``, ``$NVC_CACHE_DIR``), used only when that
-is a real directory of ours that nobody else can write and the socket is ours, mode 0600 or stricter.
+Only :mod:`posix`, :mod:`_socket` (C), :mod:`nvc.private_files` and :mod:`nvc.jsonfast`: this runs before the
+hook's modules are loaded. The socket is ``hook.sock`` in the answer cache directory (``/run/nvc``,
+``$NVC_CACHE_DIR``), used only when that is a real directory of ours that nobody else can write and the socket is
+ours, mode 0600 or stricter.
 """
 
 import posix
@@ -42,7 +43,7 @@ ACCEPT_TIMEOUT_SECONDS = 30.0
 REASONS = {ord("n"): "another namespace", ord("p"): "another install",
            ord("x"): "exec'd CLI", ord("m"): "bad message", ord("t"): "unknown tool",
            ord("c"): "other capabilities", ord("q"): "configure without --pid"}
-_S_IFMT, _S_IFSOCK, _S_IFDIR = 0o170000, 0o140000, 0o040000
+_S_IFMT, _S_IFSOCK = 0o170000, 0o140000
 
 
 def _environ() -> "dict[str, str]":
@@ -70,21 +71,6 @@ def _umask() -> int:
     return mask
 
 
-def _open_private_dir(path: bytes) -> "int | None":
-    """An fd of the socket's directory when it is a real directory of ours that nobody else can write (the rule of
-    :func:`nvc.private_files.open_cache_dir`, without creating it: a launcher has no business making it)."""
-    try:
-        fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
-    except OSError:
-        return None
-    st = posix.fstat(fd)
-    if st.st_mode & _S_IFMT != _S_IFDIR or st.st_uid != posix.geteuid() or st.st_mode & 0o022:
-        posix.close(fd)
-        return None
-    return fd
-
-
-
 def offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
           trace: "Callable[[str], None]") -> "int | None":
     """Offer this start to the helper listening on ``socket_name`` in ``directory`` (:mod:`nvc.helper_probe` saw
@@ -99,7 +85,11 @@ def offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
 
 def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
            trace: "Callable[[str], None]") -> "int | None":
-    dir_fd = _open_private_dir(directory)
+    from nvc.private_files import open_cache_dir
+
+    # The cache directory's own rule (ours, not group/world-writable, no symlink); a launcher never creates it.
+    dir_fd = open_cache_dir(directory.decode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()),
+                            create=False)
     if dir_fd is None:
         trace("untrusted directory")
         return None

@@ -46,16 +46,18 @@ def cache_dir_path(default: str = DEFAULT_CACHE_DIR, environ=None) -> str:
     return _environ(environ).get(CACHE_DIR_ENV) or default
 
 
-def open_cache_dir(path: str) -> "int | None":
-    """A descriptor of the cache directory (created 0700 if missing), or ``None`` when it is not safe to use."""
+def open_cache_dir(path: str, *, create: bool = True) -> "int | None":
+    """A descriptor of the cache directory (created 0700 if missing, unless not ``create``), or ``None`` when it is
+    not safe to use: not absolute, a symlink, not a directory, not ours, or group/world-writable."""
     if not path.startswith("/"):
         return None
-    try:
-        posix.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
-        return None
+    if create:
+        try:
+            posix.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
     try:
         fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
     except OSError:  # a symlink (ELOOP), not a directory, gone again

@@ -12,8 +12,9 @@ What keeps it safe:
 
 * the socket is root's, mode 0600, in the root-only cache directory, and each caller's credentials are checked
   (``SO_PEERCRED``: uid 0, or the helper's own uid) before a byte is read;
-* the caller must live in the helper's mount and PID namespaces (the state's pid and every path mean the same
-  there), and come from the same install of nvc;
+* the caller must live in the helper's mount, PID and user namespaces (the state's pid and every path mean the
+  same there), hold the same capability sets (a root caller stripped of capabilities gets none back), and come
+  from the same install of nvc; ``configure`` without ``--pid`` (which works on its parent) is left to it too;
 * with each start the helper compares its modules' files with what it loaded (size, mtime): after an upgrade or
   an edit it exits (removing its socket), and its service manager starts the new code;
 * each start runs in its own child, forked before the start arrives (a spare waiting in ``accept``) and so
@@ -55,7 +56,9 @@ class _Decline(BaseException):
 
 
 def code_stamp(package_dir: str = _PACKAGE_DIR) -> tuple[tuple[str, int, int], ...]:
-    """(path, size, mtime_ns) of every Python file of the package: what the helper loaded must still be on disk."""
+    """(path, size, mtime_ns) of every Python file of the package: what the helper loaded must still be on disk.
+    Its own walk rather than the bytecode bundle's module list (``_modules``): that one checks each name
+    against extension modules and costs 4x as much, and this runs after every start."""
     out = []
     for directory, dirs, files in os.walk(package_dir):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")

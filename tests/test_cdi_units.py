@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures.systemd_units import stand_in_binary, verify_units
+
 REPO = Path(__file__).resolve().parent.parent
 SERVICE = REPO / "hooks/nvc-cdi-refresh.service"
 PATH_UNIT = REPO / "hooks/nvc-cdi-refresh.path"
@@ -28,27 +30,20 @@ def _unit(path: Path) -> configparser.RawConfigParser:
 
 
 def test_systemd_analyze_verify_accepts_the_pair(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed")
-    nvc = tmp_path / "bin/nvc"  # the ExecStart binary must exist for verify: a stand-in at the same kind of path
-    nvc.parent.mkdir()
-    nvc.write_text("#!/bin/sh\nexit 0\n")
-    nvc.chmod(0o755)
+    # the ExecStart binary must exist for verify: a stand-in at the same kind of path
+    nvc = stand_in_binary(tmp_path / "bin/nvc")
     units = tmp_path / "units"
     units.mkdir()
     (units / SERVICE.name).write_text(SERVICE.read_text().replace("/usr/local/bin/nvc", str(nvc)))
     shutil.copy(PATH_UNIT, units / PATH_UNIT.name)
-    res = subprocess.run([analyze, "verify", "--man=no", str(units / SERVICE.name), str(units / PATH_UNIT.name)],
-                         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:/lib/systemd/system:"},
-                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    res = verify_units(units, SERVICE.name, PATH_UNIT.name)
+    if res is None:
+        pytest.skip("systemd-analyze not installed")
     assert res.returncode == 0, res.stderr
     assert res.stdout + res.stderr == ""  # not even a warning (an unknown key only warns)
     # ...and the verifier does catch a broken unit: the check can fail.
     (units / "broken.path").write_text("[Path]\nPathChanged=relative/path\nUnit=nvc-cdi-refresh.service\n")
-    res = subprocess.run([analyze, "verify", "--man=no", str(units / "broken.path")],
-                         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:/lib/systemd/system:"},
-                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    res = verify_units(units, "broken.path")
     assert "relative/path" in res.stderr
 
 

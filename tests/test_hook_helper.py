@@ -21,6 +21,7 @@ import pytest
 
 from fixtures.rootfs import busybox_rootfs, copy_rootfs, safe_rmtree
 from fixtures.runtimes import make_bundle, run_runc, unique_id
+from fixtures.systemd_units import stand_in_binary, verify_units
 from fixtures.tools import REPO, _site_dirs, install_tools, point_tools_at
 from tests.test_e2e_runtimes import assert_gpu_container, gpu_bundle, hook_entry
 
@@ -99,10 +100,19 @@ def mounts_in(pid: int, below: Path) -> list[str]:
     return sorted(line.split()[4] for line in table.splitlines() if line.split()[4].startswith(str(below)))
 
 
-def run_hook(bindir: Path, env: dict[str, str], bundle: Path, pid: int) -> subprocess.CompletedProcess[str]:
+def run_hook(bindir: Path, env: dict[str, str], bundle: Path, pid: int,
+             prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """The hook's launcher on ``bundle``'s state (``prefix``: a command it runs under, e.g. ``unshare -m``)."""
     state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": pid, "bundle": str(bundle)})
-    return subprocess.run([str(bindir / "nvidia-container-runtime-hook"), "prestart"], input=state, env=env,
+    return subprocess.run([*prefix, str(bindir / "nvidia-container-runtime-hook"), "prestart"], input=state, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
+
+
+def plain_bundle(tmp_path: Path) -> Path:
+    """A bundle of a container that asks for no GPU: the hook decides and leaves it alone."""
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+    return bundle
 
 
 def test_runc_start_goes_through_the_helper(tmp_path, tools, helper):
@@ -169,11 +179,8 @@ def test_a_failed_start_is_the_same_one_line_error(tmp_path, tools, helper):
 def test_a_caller_in_another_mount_namespace_is_declined(tmp_path, tools, helper):
     """The helper would resolve the state's paths in its own namespace: it leaves such a start to the launcher."""
     bindir, _ = tools
-    bundle = tmp_path / "bundle"
-    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
-    state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": os.getpid(), "bundle": str(bundle)})
-    res = subprocess.run(["unshare", "-m", str(bindir / "nvidia-container-runtime-hook"), "prestart"], input=state,
-                         env=helper.env, capture_output=True, text=True, timeout=60, check=False)
+    bundle = plain_bundle(tmp_path)
+    res = run_hook(bindir, helper.env, bundle, os.getpid(), prefix=("unshare", "-m"))
     assert res.returncode == 0, res.stderr
     assert "helper=declined (another namespace)" in res.stderr
     helper.wait_for("declined (another namespace)")
@@ -237,8 +244,7 @@ def test_the_launcher_ignores_a_socket_others_could_have_made(tmp_path, tools):
     listener.bind(str(directory / "hook.sock"))
     listener.listen(1)
     (directory / "hook.sock").chmod(0o666)
-    bundle = tmp_path / "bundle"
-    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+    bundle = plain_bundle(tmp_path)
     res = run_hook(bindir, {**env, "NVC_CACHE_DIR": str(directory), "NVC_LAUNCHER_TRACE": "1"}, bundle, os.getpid())
     assert res.returncode == 0, res.stderr
     assert "helper=untrusted socket" in res.stderr
@@ -261,8 +267,7 @@ def test_changed_code_makes_the_helper_exit_and_the_launcher_carry_on(tmp_path, 
     point_tools_at(bindir, tree)
     running = Helper(tmp_path, env, tree)
     try:
-        bundle = tmp_path / "bundle"
-        make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+        bundle = plain_bundle(tmp_path)
         assert "helper=ran" in run_hook(bindir, running.env, bundle, os.getpid()).stderr
         errors = tree / "nvc/errors.py"
         errors.write_text(errors.read_text() + "\n")
@@ -287,28 +292,21 @@ def test_a_caller_from_another_install_is_declined(tmp_path, host, helper):
     bindir = tmp_path / "other-bin"
     install_tools(bindir, host)
     point_tools_at(bindir, tree)
-    bundle = tmp_path / "bundle"
-    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
+    bundle = plain_bundle(tmp_path)
     res = run_hook(bindir, helper.env, bundle, os.getpid())
     assert res.returncode == 0, res.stderr
     assert "helper=declined (another install)" in res.stderr
 
 
 def test_the_unit_passes_systemds_verifier(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed")
     unit = REPO / "hooks/nvc-hook-helper.service"
-    nvc = tmp_path / "bin/nvc"
-    nvc.parent.mkdir()
-    nvc.write_text("#!/bin/sh\nexit 0\n")
-    nvc.chmod(0o755)
+    binary = stand_in_binary(tmp_path / "bin/nvc-hook-helper")
     units = tmp_path / "units"
     units.mkdir()
-    (units / unit.name).write_text(unit.read_text().replace("/usr/local/bin/nvc-hook-helper", str(nvc)))
-    res = subprocess.run([analyze, "verify", "--man=no", str(units / unit.name)],
-                         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:/lib/systemd/system:"},
-                         capture_output=True, text=True, timeout=60, check=False)
+    (units / unit.name).write_text(unit.read_text().replace("/usr/local/bin/nvc-hook-helper", str(binary)))
+    res = verify_units(units, unit.name)
+    if res is None:
+        pytest.skip("systemd-analyze not installed")
     assert res.returncode == 0, res.stderr
     assert "hook-helper" in unit.read_text()
 
@@ -386,12 +384,9 @@ def test_starts_at_the_same_time_are_each_served(tmp_path, tools, helper):
 def test_a_caller_with_fewer_capabilities_is_declined(tmp_path, tools, helper):
     """uid 0 is not enough: a caller whose capability sets differ from the helper's runs its start itself."""
     bindir, _ = tools
-    bundle = tmp_path / "bundle"
-    make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"], env=["PATH=/bin"])
-    state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": os.getpid(), "bundle": str(bundle)})
-    res = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all",
-                          str(bindir / "nvidia-container-runtime-hook"), "prestart"], input=state, env=helper.env,
-                         capture_output=True, text=True, timeout=60, check=False)
+    bundle = plain_bundle(tmp_path)
+    res = run_hook(bindir, helper.env, bundle, os.getpid(),
+                   prefix=("setpriv", "--bounding-set=-all", "--inh-caps=-all"))
     assert "helper=declined (other capabilities)" in res.stderr, res.stderr
     helper.wait_for("declined (other capabilities)")
     safe_rmtree(bundle)

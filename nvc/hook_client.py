@@ -10,11 +10,12 @@ before it imports the hook:
   mount or PID namespace or comes from another install of nvc, the hook would exec an external CLI), a helper that
   closes the connection before it has taken the start on (it refuses the caller, or it is exiting because its
   code changed on disk). ``NVC_NO_HELPER=1`` skips the helper.
-* once the helper has taken the start on, its answer is final: should it end without a result, the start fails
-  with one line, as a failed hook does (running it again here could do part of it twice).
+* once the helper has taken the start on, its answer is final: should it end without a result, or the
+  connection fail, the start fails with one line, as a failed hook does (running it again here could do part of
+  it twice).
 * an exit status means the helper's child ran the hook to the end, writing to this process's own stdout and
   stderr (passed over the socket with the working directory) exactly what the hook in this process would have,
-  with this process's environment, arguments and umask.
+  with this process's environment, arguments, umask, resource limits and output encodings.
 
 ``nvidia-container-cli configure`` (exec'd by runsc, containerd's oci-hook and NVIDIA's own hook on every start)
 goes the same way.
@@ -42,7 +43,7 @@ ACCEPT_TIMEOUT_SECONDS = 30.0
 #: Why a helper declines (the reason byte), for the launcher's trace and the tests.
 REASONS = {ord("n"): "another namespace", ord("p"): "another install",
            ord("x"): "exec'd CLI", ord("m"): "bad message", ord("t"): "unknown tool",
-           ord("c"): "other capabilities", ord("q"): "configure without --pid"}
+           ord("c"): "other capabilities", ord("q"): "configure without --pid", ord("l"): "resource limits"}
 _S_IFMT, _S_IFSOCK = 0o170000, 0o140000
 
 
@@ -65,6 +66,12 @@ def _take_state() -> bytes:
     return raw
 
 
+def _stdio() -> "list[str]":
+    """How this process would have written its output: the encoding and error handler of stdout and stderr."""
+    return [getattr(stream, attribute, None) or default for stream in (sys.stdout, sys.stderr)
+            for attribute, default in (("encoding", "utf-8"), ("errors", "strict"))]
+
+
 def _umask() -> int:
     mask = posix.umask(0o077)
     posix.umask(mask)
@@ -76,15 +83,30 @@ def offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
     """Offer this start to the helper listening on ``socket_name`` in ``directory`` (:mod:`nvc.helper_probe` saw
     it there): the exit status it reports, or ``None`` for "run it here" (the module docstring). ``trace`` is told
     what became of the offer."""
+    taken = [False]  # set once the helper has said 'A': from then on no doubt sends the start back here
     try:
-        return _offer(directory, socket_name, tool, with_state, trace)
-    except Exception:  # any doubt at all: the tool runs in this process
-        trace("error")
-        return None
+        return _offer(directory, socket_name, tool, with_state, trace, taken)
+    except Exception:
+        if not taken[0]:  # any doubt before the helper took the start on: the tool runs in this process
+            trace("error")
+            return None
+        return _lost(trace)
+
+
+def _lost(trace: "Callable[[str], None]") -> int:
+    """Taken on, then no result: part of the start may have been done. Running it again here could do it twice,
+    so the start fails as any failed hook does (the runtime removes the container with what was done to it)."""
+    trace("gone before it reported")
+    try:
+        sys.stderr.write(f"{sys.argv[0].rpartition('/')[2]}: helper error: the hook helper ended this start "
+                         "without a result (see its log: journalctl -u nvc-hook-helper)\n")
+    except Exception:  # a stderr gone too: the status still says it failed
+        pass
+    return 1
 
 
 def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
-           trace: "Callable[[str], None]") -> "int | None":
+           trace: "Callable[[str], None]", taken: "list[bool]") -> "int | None":
     from nvc.private_files import open_cache_dir
 
     # The cache directory's own rule (ours, not group/world-writable, no symlink); a launcher never creates it.
@@ -122,6 +144,7 @@ def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
                 "argv": sys.argv[1:],
                 "env": _environ(),
                 "umask": _umask(),
+                "stdio": _stdio(),
                 "state": state.decode("latin-1"),  # bytes as they came, whatever their encoding
             }).encode()
             cwd_fd = posix.open(".", posix.O_PATH | posix.O_CLOEXEC)
@@ -137,7 +160,7 @@ def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
                 trace("no answer")
                 return None
             sock.settimeout(None)
-            accepted = reply == bytes((ACCEPTED,))
+            accepted = taken[0] = reply == bytes((ACCEPTED,))
             if accepted:
                 reply = _receive(sock, 2)
             elif reply:
@@ -157,12 +180,7 @@ def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
     if not accepted:  # closed without a word: not a caller it serves, or it is going away
         trace("refused")
         return None
-    # Taken on, then gone: part of the start may have been done. Running it again here could do it twice, so the
-    # start fails as any failed hook does (the runtime removes the container with what was done to it).
-    trace("gone before it reported")
-    sys.stderr.write(f"{sys.argv[0].rpartition('/')[2]}: helper error: the hook helper ended this start without "
-                     "a result (see its log: journalctl -u nvc-hook-helper)\n")
-    return 1
+    return _lost(trace)
 
 
 def _receive(sock, count: int) -> bytes:

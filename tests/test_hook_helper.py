@@ -402,3 +402,151 @@ def test_configure_without_pid_is_declined(tmp_path, tools, helper):
     assert res.returncode == 0, res.stderr
     safe_rmtree(tmp_path / "rootfs")
 
+
+
+def test_a_warm_start_imports_nothing_the_helper_has_not_loaded(tmp_path, tools, helper):
+    """The helper saves a start's imports only if it has them all (PRELOAD): a start with the caches filled, hook
+    or CLI, must load no module of its own (the child logs any it had to import)."""
+    bindir, _ = tools
+    for round_ in range(2):  # the first may fill the inventory and NVML caches (modules of a cold start)
+        bundle = tmp_path / f"b{round_}"
+        make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"],
+                    env=["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"])
+        holder = held_namespace()
+        try:
+            assert "helper=ran" in run_hook(bindir, helper.env, bundle, holder.pid).stderr
+            res = subprocess.run([str(bindir / "nvidia-container-cli"), "configure", "--device=0", "--utility",
+                                  "--compute", f"--pid={holder.pid}", str(bundle / "rootfs")], env=helper.env,
+                                 capture_output=True, text=True, timeout=60, check=False)
+            assert res.returncode == 0 and "helper=ran" in res.stderr, res.stderr
+        finally:
+            holder.kill()
+            holder.wait()
+        safe_rmtree(bundle)
+    helper.wait_for("exit 0", timeout=10)
+    starts = [line for line in helper.lines() if "start for pid" in line]
+    assert len(starts) == 4, starts
+    assert not any("imported" in line for line in starts[2:]), starts
+
+
+def _processes_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def _with_image_ldconfig(bundle: Path, bindir: Path, script: str) -> tuple[Path, dict[str, str]]:
+    """A GPU container whose image's ``/sbin/ldconfig`` is the shell ``script``, and the environment that has the
+    hook run it (the config's ``ldconfig`` pointing into the container, which the config must allow)."""
+    rootfs = copy_rootfs(busybox_rootfs(), bundle / "rootfs")
+    ldconfig = rootfs / "sbin/ldconfig"
+    ldconfig.unlink()  # a hard link into the fixture's cache: replaced, never written through
+    ldconfig.write_text(f"#!/bin/sh\n{script}\n")
+    ldconfig.chmod(0o755)
+    make_bundle(bundle, rootfs, ["true"], env=["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=utility"])
+    config = bundle.with_name(bundle.name + ".toml")
+    config.write_text((bindir / "config.toml").read_text().replace(
+        "[nvidia-container-cli]\n", '[nvidia-container-cli]\nldconfig = "/sbin/ldconfig"\n')
+        + "\n[features]\nallow-ldconfig-from-container = true\n")
+    return bundle, {"NVC_EXEC_LDCONFIG": "1", "NVIDIA_CTK_CONFIG_FILE_PATH": str(config)}
+
+
+def test_the_start_runs_with_the_callers_resource_limits(tmp_path, tools, helper):
+    """A runtime that limits its hooks limits the start in the helper alike: the image's ldconfig (exec'd by the
+    start, which leaves the core size alone) sees the launcher's limit, as it does in the launcher's own process."""
+    bindir, _ = tools
+    seen = {}
+    for way, extra in (("in-process", {"NVC_NO_HELPER": "1"}), ("helper", {})):
+        bundle, env = _with_image_ldconfig(tmp_path / way, bindir, "ulimit -c > /core-limit")
+        holder = held_namespace()
+        try:
+            res = run_hook(bindir, {**helper.env, **env, **extra}, bundle, holder.pid,
+                           prefix=("prlimit", "--core=409600:819200"))
+            assert res.returncode == 0, res.stderr
+            assert ("helper=ran" in res.stderr) == (way == "helper")
+        finally:
+            holder.kill()
+            holder.wait()
+        seen[way] = (bundle / "rootfs/core-limit").read_text()
+        safe_rmtree(bundle)
+    assert seen["helper"] == seen["in-process"] != resource_core_limit_text()
+
+
+def resource_core_limit_text() -> str:
+    return subprocess.run(["sh", "-c", "ulimit -c"], capture_output=True, text=True, check=True).stdout
+
+
+def test_a_start_whose_caller_is_killed_stops_and_undoes_its_mounts(tmp_path, tools, helper):
+    """The runtime kills a hook that overruns its timeout. In its own process the hook would die with it; in the
+    helper the start must stop too, not go on mounting into a container being torn down: the child notices the
+    closed connection, stops as on an interrupt (its mounts undone, the image's ldconfig killed) and logs why."""
+    bindir, _ = tools
+    bundle, env = _with_image_ldconfig(tmp_path / "slow", bindir, "exec sleep 97")
+    rootfs = bundle / "rootfs"
+    holder = held_namespace()
+    state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": holder.pid, "bundle": str(bundle)})
+    before = set(_processes_named("sleep"))
+    try:
+        caller = subprocess.Popen([str(bindir / "nvidia-container-runtime-hook"), "prestart"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  env={**helper.env, **env})
+        caller.stdin.write(state.encode())
+        caller.stdin.close()
+        deadline = time.monotonic() + 30
+        while not set(_processes_named("sleep")) - before:  # mounted, now in the image's ldconfig
+            assert caller.poll() is None, caller.stderr.read()
+            assert time.monotonic() < deadline, "the start never reached ldconfig"
+            time.sleep(0.01)
+        assert mounts_in(holder.pid, rootfs)
+        caller.kill()
+        caller.wait()
+        caller.stderr.close()
+        helper.wait_for("stopped: its caller went away")
+        assert mounts_in(holder.pid, rootfs) == []
+        deadline = time.monotonic() + 10
+        while set(_processes_named("sleep")) - before:
+            assert time.monotonic() < deadline, "the image's ldconfig outlived the start"
+            time.sleep(0.01)
+        assert any("exit 130" in line for line in helper.lines())
+    finally:
+        holder.kill()
+        holder.wait()
+    safe_rmtree(bundle)
+
+
+def test_errors_after_the_helper_took_the_start_fail_it_rather_than_run_it_twice(tmp_path, monkeypatch):
+    """A connection reset (or any other error) once the helper has said 'A' is a failed start, one line, exit 1:
+    part of it may have been done, so the launcher must not run it again itself."""
+    from nvc import hook_client
+
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(directory / "hook.sock"))
+    os.chmod(directory / "hook.sock", 0o600)
+    listener.listen(1)
+
+    def accept_then_reset() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4)  # the rest of the message left unread: closing now resets the caller's end (ECONNRESET)
+        conn.sendall(b"A")
+        conn.close()
+
+    import io
+    import threading
+
+    traces: list[str] = []
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"{}")))
+    thread = threading.Thread(target=accept_then_reset)
+    thread.start()
+    try:
+        code = hook_client.offer(str(directory).encode(), "hook.sock", "hook", True, traces.append)
+    finally:
+        thread.join()
+        listener.close()
+    assert (code, traces) == (1, ["gone before it reported"])

@@ -90,15 +90,18 @@ def run_ldconfig(
         finally:
             os._exit(code)
     deadline = time.monotonic() + TIMEOUT_SECONDS
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, _SIGKILL)
-            os.waitpid(pid, 0)
-            raise NvcError("ldcache", f"process {display} timed out")
-        time.sleep(0.002)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                raise NvcError("ldcache", f"process {display} timed out")
+            time.sleep(0.002)
+    except BaseException:  # timed out, or the start is interrupted: the image's ldconfig must not outlive it
+        os.kill(pid, _SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     if os.WIFSIGNALED(status):
         raise NvcError("ldcache", f"process {display} terminated with signal {os.WTERMSIG(status)}")
     code = os.WEXITSTATUS(status)

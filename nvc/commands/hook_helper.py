@@ -15,11 +15,15 @@ What keeps it safe:
 * the caller must live in the helper's mount, PID and user namespaces (the state's pid and every path mean the
   same there), hold the same capability sets (a root caller stripped of capabilities gets none back), and come
   from the same install of nvc; ``configure`` without ``--pid`` (which works on its parent) is left to it too;
-* with each start the helper compares its modules' files with what it loaded (size, mtime): after an upgrade or
-  an edit it exits (removing its socket), and its service manager starts the new code;
+* with each start the helper compares its modules' files, nvc's and its dependencies', with what it loaded
+  (size, mtime): after an upgrade or an edit it exits (removing its socket), and its service manager starts the
+  new code;
 * each start runs in its own child, forked before the start arrives (a spare waiting in ``accept``) and so
   before anything of the caller's is read: a start cannot change the helper or another start, and the child
   exits when the hook is done;
+* the child takes on the caller's descriptors, working directory, environment, umask, resource limits and output
+  encodings, and lives only as long as its caller: should the launcher die (a runtime's hook timeout kills it),
+  the start stops as on an interrupt, its mounts undone;
 * a hook that would exec an external CLI (``[nvidia-container-cli] path``) is declined, so that the launcher
   execs it as it always does.
 """
@@ -40,7 +44,9 @@ PRELOAD = (
     "nvc.request.runtime_config", "nvc.request.gvisor", "nvc.request.container_layout", "nvc.request.device_select",
     "nvc.apply.executor", "nvc.apply.container_fs", "nvc.apply.cgroups", "nvc.apply.ldcache_update",
     "nvc.apply.ldconfig_exec", "nvc.host.ldcache.writer", "nvc.host.elf", "nvc.atomic_write", "nvc.debuglog",
-    "nvc.host.proc_driver",
+    "nvc.host.proc_driver", "nvc.request.options",
+    # the standard library's, for the hand-over and the caches (private_files.sha256_hex, /proc/PID/status)
+    "fcntl", "resource", "socket", "_sha256", "encodings.ascii",
 )
 MAX_MESSAGE = 4 << 20  # argv, environment and state: a few KiB in practice
 RECEIVE_TIMEOUT_SECONDS = 10.0
@@ -55,21 +61,33 @@ class _Decline(BaseException):
         self.reason = reason
 
 
-def code_stamp(package_dir: str = _PACKAGE_DIR) -> tuple[tuple[str, int, int], ...]:
-    """(path, size, mtime_ns) of every Python file of the package: what the helper loaded must still be on disk.
-    Its own walk rather than the bytecode bundle's module list (``_modules``): that one checks each name
-    against extension modules and costs 4x as much, and this runs after every start."""
-    out = []
+def loaded_files(package_dir: str = _PACKAGE_DIR) -> tuple[str, ...]:
+    """The files of every module loaded now from outside the package (click, pyelftools, nvidia-ml-py, cffi, the
+    standard library): after an upgrade of any of them a child could mix what the helper has in memory with new
+    modules it imports itself, so :func:`code_stamp` watches them too."""
+    inside = package_dir.rstrip("/") + "/"
+    return tuple(sorted({path for module in list(sys.modules.values())
+                         if isinstance(path := getattr(module, "__file__", None), str)
+                         and not path.startswith(inside)}))
+
+
+def code_stamp(package_dir: str = _PACKAGE_DIR, others: tuple[str, ...] = ()) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime_ns) of every Python file of the package (walked each time: an upgrade may add one) and
+    of ``others`` (:func:`loaded_files`). Its own walk rather than the bytecode bundle's module list
+    (``_modules``): that one checks each name against extension modules and costs 4x as much, and this runs after
+    every start."""
+    paths = []
     for directory, dirs, files in os.walk(package_dir):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(directory, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                out.append((path, st.st_size, st.st_mtime_ns))
+        paths += [os.path.join(directory, name) for name in sorted(files) if name.endswith(".py")]
+    out = []
+    for path in (*paths, *others):
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append((path, -1, -1))  # gone: a change as well
+            continue
+        out.append((path, st.st_size, st.st_mtime_ns))
     return tuple(out)
 
 
@@ -119,7 +137,9 @@ def _receive(conn) -> tuple[dict, list[int]]:
             or not all(isinstance(a, str) for a in message["argv"]) or not isinstance(message.get("env"), dict)
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in message["env"].items())
             or not all(isinstance(message.get(k), str) for k in ("state", "package", "tool", "argv0"))
-            or type(message.get("umask")) is not int or not 0 <= message["umask"] <= 0o777):
+            or type(message.get("umask")) is not int or not 0 <= message["umask"] <= 0o777
+            or not isinstance(message.get("stdio"), list) or len(message["stdio"]) != 4
+            or not all(isinstance(v, str) for v in message["stdio"])):
         raise _Decline(b"m")
     return message, fds
 
@@ -145,21 +165,24 @@ def _run_start(conn, peer_pid: int) -> bytes:
             raise _Decline(b"c")  # a root caller with fewer capabilities must not get a child with all of ours
         if message["tool"] == "cli" and not any(a == "--pid" or a.startswith("--pid=") for a in message["argv"]):
             raise _Decline(b"q")  # configure without --pid works on its parent process: the launcher's, not ours
-        import io
-
+        _adopt_limits(peer_pid)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         os.fchdir(fds[3])
         for fd in fds:  # the caller's descriptors are 0, 1, 2 and the working directory now: no copies linger
             os.close(fd)
         fds = []
+        _adopt_streams(message["stdio"])
         os.umask(message["umask"])  # what the hook creates in the container gets the modes it would have had
         os.environ.clear()
         os.environ.update(message["env"])
         sys.argv = [message["argv0"], *message["argv"]]
         conn.sendall(bytes((ACCEPTED,)))  # from here on the launcher never runs this start itself
+        _watch_caller(conn)
         try:
             if message["tool"] == "hook":
+                import io
+
                 sys.stdin = io.TextIOWrapper(io.BytesIO(message["state"].encode("latin-1")), newline="\n")
                 from nvc.commands.hook import main
 
@@ -168,8 +191,13 @@ def _run_start(conn, peer_pid: int) -> bytes:
                 from nvc.commands.cli_main import main
 
                 code = main(message["argv"])
-        except SystemExit as exc:  # click's way out
-            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+        except SystemExit as exc:  # click's way out, or sys.exit("message") as the interpreter would print it
+            code = exc.code
+            if code is not None and not isinstance(code, int):
+                _write_stderr(f"{code}\n")
+                code = 1
+        finally:
+            _stop_watching()
     except _Decline as exc:
         return bytes((DECLINED,)) + exc.reason
     finally:
@@ -183,7 +211,94 @@ def _run_start(conn, peer_pid: int) -> bytes:
             stream.flush()
         except (OSError, ValueError):
             pass
+    code = 0 if code is None else code
     return bytes((RAN, code if isinstance(code, int) and 0 <= code <= 255 else 1))
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+    except (OSError, ValueError):
+        pass
+
+
+#: The resource limits a start runs under: the caller's (the runtime's), as in the hook's own process.
+_LIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_LOCKS",
+           "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_RSS",
+           "RLIMIT_RTPRIO", "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK")
+
+
+def _adopt_limits(peer_pid: int) -> None:
+    """Take the caller's resource limits (a runtime that caps its hooks' files or size caps this start too).
+    Not its cgroup: moving a process between cgroups waits for an RCU grace period (7-8 ms measured here, v1 and
+    v2 alike), most of what the helper saves; the start's own work is accounted to the helper's service."""
+    import resource
+
+    try:
+        for name in _LIMITS:
+            limit = getattr(resource, name, None)
+            if limit is not None:
+                resource.setrlimit(limit, resource.prlimit(peer_pid, limit))
+    except (OSError, ValueError):
+        raise _Decline(b"l") from None
+
+
+def _adopt_streams(stdio: list[str]) -> None:
+    """stdout and stderr on the caller's descriptors with the caller's encodings and error handlers (the helper's
+    own locale may differ), buffered as the interpreter would have buffered them."""
+    import io
+
+    streams = []
+    for fd, (encoding, errors) in ((1, stdio[0:2]), (2, stdio[2:4])):
+        try:
+            streams.append(io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=encoding, errors=errors,
+                                            line_buffering=fd == 2 or os.isatty(fd)))
+        except (LookupError, ValueError, OSError):
+            raise _Decline(b"m") from None
+    sys.stdout, sys.stderr = streams
+
+
+class _CallerGone(KeyboardInterrupt):
+    """The launcher died while its start ran (the runtime killed the hook: a timeout, a cancelled create). The
+    start stops as the hook does on an interrupt: what it mounted is undone, exit status 130."""
+
+
+_caller_gone = False
+
+
+def _watch_caller(conn) -> None:
+    """Have the kernel signal this child (``SIGIO``, ``O_ASYNC``) when something happens on the connection; the
+    caller sends nothing after its message, so that is its end of the socket closing."""
+    import fcntl
+    import signal
+    import socket
+
+    def check(*_args: object) -> None:
+        global _caller_gone
+        try:
+            if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return  # bytes from a caller that should not send any: not a hang-up
+        except ConnectionResetError:
+            pass  # gone as well
+        except OSError:  # EAGAIN: still there
+            return
+        if not _caller_gone:
+            _caller_gone = True
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
+            raise _CallerGone
+
+    conn.settimeout(None)  # blocking: MSG_DONTWAIT answers at once, rather than the socket's timeout waiting
+    signal.signal(signal.SIGIO, check)
+    fd = conn.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    check()  # gone before the watch was set
+
+
+def _stop_watching() -> None:
+    import signal
+
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
 
 
 def _spare(listener, log_fd: int, taken_w: int) -> None:
@@ -209,6 +324,7 @@ def _spare(listener, log_fd: int, taken_w: int) -> None:
                 _log(log_fd, f"refused a caller with uid {uid} (pid {peer_pid})")
                 os._exit(0)  # closed without a word
             started = time.monotonic()
+            loaded = set(sys.modules)
             try:
                 reply = _run_start(conn, peer_pid)
             except BaseException as exc:  # a bug of ours: no reply (the launcher reports it once taken on)
@@ -219,6 +335,12 @@ def _spare(listener, log_fd: int, taken_w: int) -> None:
             except OSError:
                 pass
             outcome = f"exit {reply[1]}" if reply[0] == RAN else f"declined ({REASONS.get(reply[1], '?')})"
+            if _caller_gone:
+                outcome += ", stopped: its caller went away"
+            # Modules the start had to import itself: each costs every start, and PRELOAD should have them.
+            imported = sorted(set(sys.modules) - loaded)
+            if imported:
+                outcome += f", imported {len(imported)} modules: {' '.join(imported[:8])}"
             _log(log_fd, f"start for pid {peer_pid}: {outcome} in {(time.monotonic() - started) * 1000:.1f} ms")
             code = 0
     finally:
@@ -276,7 +398,8 @@ def serve(directory: str) -> int:
     from nvc.apply.executor import preload
 
     preload()  # the kernel calls' FFI too: loaded once here rather than in each child
-    stamp = code_stamp()
+    others = loaded_files()
+    stamp = code_stamp(others=others)
     listener = _listen(directory)
     st = os.lstat(os.path.join(directory, SOCKET_NAME))
     socket_id = (st.st_dev, st.st_ino)
@@ -305,7 +428,7 @@ def serve(directory: str) -> int:
             # While that child works (not before it: 0.2 ms a start): is what we loaded still what is on disk? A
             # start that had begun when the files changed is served by the old code, as it would have been had it
             # come a moment earlier; the next finds the socket gone and runs in its launcher until we are back.
-            if code_stamp() != stamp:
+            if code_stamp(others=others) != stamp:
                 _log(log_fd, "nvc changed on disk: exiting for the new code")
                 return 0
     finally:

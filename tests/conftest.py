@@ -30,6 +30,15 @@ def fixture_set():
     return ensure_all()
 
 
+@pytest.fixture(autouse=True)
+def fresh_config_memo():
+    """Each test starts with no parsed config.toml in memory, as each hook process does (the memo only lives as
+    long as one process: nvc.request.runtime_config)."""
+    from nvc.request.runtime_config import forget_parsed_configs
+
+    forget_parsed_configs()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_nvml_cache(tmp_path_factory):
     """Keep the NVML answer cache of the whole run (and every nvc process it starts) out of /run/nvc."""

@@ -28,6 +28,7 @@ runtimes = ["crun"]
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
+    rc.forget_parsed_configs()  # each test starts as a new process would
     path = tmp_path / "cache"
     path.mkdir(mode=0o700)
     monkeypatch.setenv(store.CACHE_DIR_ENV, str(path))
@@ -155,6 +156,7 @@ def test_unsafe_or_bad_entries_are_ignored(tmp_path, cache_dir, parses, damage):
     else:
         data = entry.read_text().replace('"disable_require": true', '"disable_require": "yes"')
         entry.write_text(data)
+    rc.forget_parsed_configs()  # a new process: only the file cache to go by
     assert rc.load_config(path, {}, path_exists=no_real) == expected
     assert len(parses) == 2
 
@@ -166,9 +168,11 @@ def test_a_forged_entry_is_refused_unless_ours(tmp_path, cache_dir, parses):
     [name] = entries(cache_dir)
     if os.geteuid() == 0:
         os.chown(cache_dir / name, 65534, 65534)
+        rc.forget_parsed_configs()  # new processes from here on
         rc.load_config(path, {}, path_exists=no_real)
         assert len(parses) == 2
     cache_dir.chmod(0o770)
+    rc.forget_parsed_configs()
     rc.load_config(path, {}, path_exists=no_real)
     assert len(parses) == (3 if os.geteuid() == 0 else 2)
 
@@ -180,10 +184,40 @@ def test_symlinked_cache_dir_is_refused(tmp_path, monkeypatch, parses):
     link.symlink_to(real)
     monkeypatch.setenv(store.CACHE_DIR_ENV, str(link))
     monkeypatch.delenv(store.NO_CACHE_ENV, raising=False)
+    rc.forget_parsed_configs()
     path = write_config(tmp_path / "config.toml")
     rc.load_config(path, {}, path_exists=no_real)
+    rc.forget_parsed_configs()  # a second process
     rc.load_config(path, {}, path_exists=no_real)
     assert len(parses) == 2 and os.listdir(real) == []
+
+
+def test_a_process_keeps_what_it_parsed_while_the_file_is_the_same(tmp_path, cache_dir, parses, monkeypatch):
+    """The hook helper's children inherit its parsed config (nvc/commands/hook_helper.py): neither the file
+    cache nor the file is read again while the file's identity holds; a changed file is parsed again."""
+    from nvc import private_files
+
+    expected = rc.parse_config(CONFIG, "", path_exists=lambda p: True)
+    path = write_config(tmp_path / "config.toml")
+    first = rc.load_config(path, {}, path_exists=no_real)
+
+    def no_file_cache(*_args):
+        raise AssertionError("the file cache was read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(private_files, "read_json_entry", no_file_cache)
+        again = rc.load_config(path, {}, path_exists=lambda p: True)  # normalised again: ldconfig.real now
+    assert again == rc.replace(expected, source=path) and again != first
+    assert len(parses) == 2  # the expected value's and the first load's
+    write_config(tmp_path / "config.toml", CONFIG.replace("no-cgroups = true", "no-cgroups = false"))
+    assert rc.load_config(path, {}, path_exists=no_real).cli.no_cgroups is False
+    assert len(parses) == 3
+
+
+def test_the_memo_stays_small(tmp_path, cache_dir):
+    for i in range(3 * rc._MEMO_SIZE):
+        rc.load_config(write_config(tmp_path / f"{i}.toml"), {}, path_exists=no_real)
+    assert 0 < len(rc._MEMO) <= rc._MEMO_SIZE
 
 
 def test_round_trip_of_every_field():

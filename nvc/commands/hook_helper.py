@@ -46,7 +46,7 @@ PRELOAD = (
     "nvc.apply.ldconfig_exec", "nvc.host.ldcache.writer", "nvc.host.elf", "nvc.atomic_write", "nvc.debuglog",
     "nvc.host.proc_driver", "nvc.request.options",
     # the standard library's, for the hand-over and the caches (private_files.sha256_hex, /proc/PID/status)
-    "fcntl", "resource", "socket", "_sha256", "encodings.ascii",
+    "fcntl", "resource", "socket", "select", "_sha256", "encodings.ascii", "nvc.sys.process",
 )
 MAX_MESSAGE = 4 << 20  # argv, environment and state: a few KiB in practice
 RECEIVE_TIMEOUT_SECONDS = 10.0
@@ -313,6 +313,7 @@ def _spare(listener, log_fd: int, taken_w: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = 1
     try:
+        _own_pages(listener)
         try:
             conn, _ = listener.accept()
         finally:
@@ -345,6 +346,24 @@ def _spare(listener, log_fd: int, taken_w: int) -> None:
             code = 0
     finally:
         os._exit(code)
+
+
+def _own_pages(listener) -> None:
+    """Copy the pages this spare shares with the helper now, while it waits, rather than one by one during the
+    start as it first writes to each (Python writes to nearly every page it reads: reference counts). Measured
+    in a child running a start here: 850 such faults, ~3 ms of its ~11; after this, 30. It stops as soon as a
+    caller connects: what is left is copied on demand, as without it. Costs the spare ~9 MB of its own memory,
+    less than a hook started in its own process."""
+    import select
+
+    from nvc.sys.process import populate_writable, private_writable_mappings
+
+    waiting = select.poll()
+    waiting.register(listener, select.POLLIN)
+    try:
+        populate_writable(private_writable_mappings(), stop=lambda: bool(waiting.poll(0)))
+    except Exception:  # no /proc, no FFI: the start copies its pages as it goes
+        pass
 
 
 def _log(fd: int, line: str) -> None:
@@ -398,6 +417,7 @@ def serve(directory: str) -> int:
     from nvc.apply.executor import preload
 
     preload()  # the kernel calls' FFI too: loaded once here rather than in each child
+    _warm()
     others = loaded_files()
     stamp = code_stamp(others=others)
     listener = _listen(directory)
@@ -431,6 +451,7 @@ def serve(directory: str) -> int:
             if code_stamp(others=others) != stamp:
                 _log(log_fd, "nvc changed on disk: exiting for the new code")
                 return 0
+            _warm()  # an edited config.toml: parsed here once, not in each child from now on
     finally:
         listener.close()
         _unlink_socket(directory, socket_id)
@@ -439,6 +460,19 @@ def serve(directory: str) -> int:
                 os.kill(spare, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def _warm() -> None:
+    """Parse the config.toml this environment names (the default location under systemd), so that the children
+    find it in memory (:mod:`nvc.request.runtime_config` keeps parsed configs by the file's identity, checked on
+    each use) instead of reading and rebuilding it from the file cache on every start. A config that does not
+    load is left for the starts to report."""
+    from nvc.request.runtime_config import load_config
+
+    try:
+        load_config()
+    except Exception:
+        pass
 
 
 def _unlink_socket(directory: str, socket_id: tuple[int, int]) -> None:

@@ -282,6 +282,24 @@ def _config_key(path: str, identity: list[int]) -> dict[str, Any]:
     return {"kind": "runtime-config", "format": _CACHE_FORMAT, "path": os.path.abspath(path), "file_id": identity}
 
 
+#: Parsed configs this process has seen, by the same key as the file cache: a process that serves many starts (the
+#: hook helper's children inherit it, nvc/commands/hook_helper.py) skips reading and rebuilding the entry. Checked
+#: against the file's identity like the file cache; a handful of entries at most (config files are few).
+_MEMO: dict[tuple[str, tuple[int, ...]], RuntimeConfig] = {}
+_MEMO_SIZE = 8
+
+
+def forget_parsed_configs() -> None:
+    """Empty this process's memo (what a new process starts with)."""
+    _MEMO.clear()
+
+
+def _remember(path: str, identity: list[int], config: RuntimeConfig) -> None:
+    if len(_MEMO) >= _MEMO_SIZE:
+        _MEMO.clear()
+    _MEMO[os.path.abspath(path), tuple(identity)] = config
+
+
 def _cached_config(path: str, path_exists: PathExists) -> RuntimeConfig | None:
     from nvc import private_files as store
 
@@ -293,6 +311,9 @@ def _cached_config(path: str, path_exists: PathExists) -> RuntimeConfig | None:
         return None  # the normal path reports it
     if identity is None:
         return None
+    config = _MEMO.get((os.path.abspath(path), tuple(identity)))
+    if config is not None:
+        return _normalize(replace(config, source=path), path_exists)
     dir_fd = None
     try:
         dir_fd = store.open_cache_dir(store.cache_dir_path())
@@ -308,6 +329,7 @@ def _cached_config(path: str, path_exists: PathExists) -> RuntimeConfig | None:
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
+    _remember(path, identity, config)
     return _normalize(replace(config, source=path), path_exists)
 
 
@@ -319,6 +341,7 @@ def _store_config(path: str, identity: list[int] | None, config: RuntimeConfig) 
 
     if identity is None or store.caching_disabled():
         return
+    _remember(path, identity, config)
     with contextlib.suppress(Exception):
         dir_fd = store.open_cache_dir(store.cache_dir_path())
         if dir_fd is None:

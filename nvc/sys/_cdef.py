@@ -9,13 +9,14 @@ This module must stay import-cheap and free of cffi: it is only a string. After 
 """
 
 CDEF = """
-/* --- libc: mount(2), umount2(2), setns(2), unshare(2), prctl(2) and the raw system call ------------------------- */
+/* --- libc: mount(2), umount2(2), setns(2), unshare(2), prctl(2), madvise(2) and the raw system call ------------- */
 int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags,
           const void *data);
 int umount2(const char *target, int flags);
 int setns(int fd, int nstype);
 int unshare(int flags);
 int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
+int madvise(void *addr, size_t length, int advice);
 long syscall(long number, ...);
 
 /* --- mount_setattr(2) and openat2(2) (nvc.sys.mount, nvc.sys.openat2) ------------------------------------------- */

@@ -22,6 +22,10 @@ from nvc.errors import NvcError
 from nvc.plan.planner import Bind, CgroupAllow, Plan, Symlink, Tmpfs, UpdateLdCache
 from nvc.sys.mount import unescape_mountinfo
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 def _os_message(exc: OSError) -> str:
     text = (exc.strerror or str(exc)).lower()
@@ -353,3 +357,13 @@ def apply_plan(plan: Plan, pid: int | None, log: DebugLog = NULL_LOG, write_ldca
     for line in warnings:
         log.warning(line)
     return warnings
+
+
+def own_shared_pages(stop: Callable[[], bool] | None = None) -> int:
+    """In a process forked from one that :func:`preload`-ed (the hook helper's spare, waiting for a start): copy
+    now the memory pages it still shares with its parent, rather than one by one as the plan's application first
+    writes to each (:func:`nvc.sys.process.populate_writable`; ``stop`` ends it early). Returns the bytes copied."""
+    from nvc.sys.process import populate_writable, private_writable_mappings
+
+    return populate_writable(private_writable_mappings(), stop=stop)
+

@@ -356,12 +356,12 @@ def _own_pages(listener) -> None:
     less than a hook started in its own process."""
     import select
 
-    from nvc.sys.process import populate_writable, private_writable_mappings
+    from nvc.apply.executor import own_shared_pages
 
     waiting = select.poll()
     waiting.register(listener, select.POLLIN)
     try:
-        populate_writable(private_writable_mappings(), stop=lambda: bool(waiting.poll(0)))
+        own_shared_pages(stop=lambda: bool(waiting.poll(0)))
     except Exception:  # no /proc, no FFI: the start copies its pages as it goes
         pass
 

@@ -227,7 +227,7 @@ def main() -> int:
         if (repo / "nvc/bytecode_bundle.py").exists():
             subprocess.run([sys.executable, "-m", "nvc.bytecode_bundle", str(repo / "nvc")], cwd=repo, check=True,
                            stdout=subprocess.DEVNULL)
-    helper = None
+    helpers: dict[int, subprocess.Popen] = {}
     try:
         envs: dict[tuple[str, int], dict[str, str]] = {}
         for count in counts:
@@ -236,9 +236,14 @@ def main() -> int:
                 bindir = hosts / f"bin{count}-{version}"
                 envs[version, count] = install_tools(bindir, host)
                 envs[version, count]["NVC_BENCH_DEVICES"] = ",".join(str(i) for i in range(count))
+                # One host, one config.toml, one answer cache and one hook helper (as /run/nvc on a real host):
+                # each GPU count is its own host here.
+                cache = work / f"nvml-cache-{count}"
+                cache.mkdir(mode=0o700, exist_ok=True)
+                envs[version, count]["NVC_CACHE_DIR"] = str(cache)
                 if repo != REPO:  # the same wrappers, importing the older checkout's nvc
                     point_tools_at(bindir, repo)
-        helper = start_helper(envs["new", counts[0]])
+        helpers = {count: start_helper(envs["new", count]) for count in counts}
         for _ in range(args.warmup):  # fixtures, page cache, pyc files, the NVML and inventory answer caches
             for env in envs.values():
                 for kind in KINDS:
@@ -259,6 +264,10 @@ def main() -> int:
                             helper_samples[version, count].append(hook_once(work, env, base, helper=True))
                         else:
                             runc_samples[version, count][kind].append(runc_once(work, env, base, kind))
+        for count, helper in helpers.items():
+            if helper.poll() is not None:  # e.g. nvc's files were edited during the run: it exits for the new code
+                print(f"WARNING: the hook helper of the {count}-GPU host exited during the run: its figures are "
+                      "partly or wholly in the hook's own process")
         for count in counts:
             for version in versions:
                 key = (version, count)
@@ -283,7 +292,7 @@ def main() -> int:
                     diffs = [a - b for a, b in zip(runc_samples[new][kind], runc_samples[old][kind], strict=True)]
                     print(f"  runc run /bin/true, {label:42s} {statistics.median(diffs):+6.2f} ms")
     finally:
-        if helper is not None:
+        for helper in helpers.values():
             helper.terminate()
             helper.wait()
         safe_rmtree(hosts)

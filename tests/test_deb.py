@@ -249,15 +249,21 @@ def test_hooks_d_file_config_and_man_pages(installed):
         assert word in page, word
 
 
-def test_units_ship_disabled(installed):
-    """hooks/'s systemd units (if any) are installed naming /usr/bin, and enabling them is left to the admin."""
+ENABLED_UNITS = ["nvc-hook-helper.service"]  # changes nothing a runtime sees, only how fast the tools run
+
+
+def test_units_ship_disabled_but_the_hook_helper(installed):
+    """hooks/'s systemd units are installed naming /usr/bin; enabling the CDI ones is left to the admin, the hook
+    helper is enabled (debian/rules says why)."""
     root, _, _ = installed
     units = sorted(p.name for p in (REPO / "hooks").iterdir() if p.suffix in (".service", ".path", ".timer"))
+    assert set(ENABLED_UNITS) < set(units)
     for unit in units:
         text = (root.path / "lib/systemd/system" / unit).read_text()
         assert "/usr/local/bin/" not in text
-    enabled = root.run("find /etc/systemd/system -name 'nvc*'", check=False).stdout
-    assert enabled == ""
+    enabled = root.run("find /etc/systemd/system -name 'nvc*'", check=False).stdout.split()
+    assert sorted(path.rpartition("/")[2] for path in enabled) == ENABLED_UNITS
+    assert all("/multi-user.target.wants/" in path for path in enabled)
 
 
 def test_bench_startup_runs(installed):
@@ -307,7 +313,7 @@ def test_purge_leaves_nothing_behind(installed):
     made = ("usr/lib/nvc/", "run/nvc/", "etc/nvidia-container-runtime/")
 
     def ours(path: str) -> bool:  # what the package and its scripts make: files, cache, config, units' state
-        units_state = path.startswith("var/lib/systemd/deb-systemd-helper-") and "nvc" in path
+        units_state = path.startswith(("var/lib/systemd/deb-systemd-helper-", "etc/systemd/system/")) and "nvc" in path
         return path.rstrip("/") in owned_paths or path.startswith(made) or units_state
 
     assert sorted(p for p in before - after if not ours(p)) == []

@@ -1,11 +1,12 @@
 """The resident hook helper: the OCI hook's code loaded once, a forked child per container start.
 
-``nvc-hook-helper`` (run by ``hooks/nvc-hook-helper.service``, shipped disabled) listens on ``hook.sock`` in the
+``nvc-hook-helper`` (run by ``hooks/nvc-hook-helper.service``, enabled by the .deb) listens on ``hook.sock`` in the
 answer cache directory (``/run/nvc``). The hook's launcher (:mod:`nvc.hook_client`) connects, passes its stdin,
 stdout, stderr and working directory as descriptors with its argv, environment and the state it read; a child of
 the helper then runs :func:`nvc.commands.hook.main` on them, as the launcher would have, and reports the exit
-status. What the helper saves is the hook's imports (the modules are loaded before the first start); the work
-itself, every rule and every check, is the hook's own code, run once per start as before.
+status. What the helper saves is the hook's imports (the modules are loaded before the first start), the copying
+of the memory a start writes (each spare does it while it waits for a start) and the parsing of config.toml; the
+work itself, every rule and every check, is the hook's own code, run once per start as before.
 
 Nothing depends on it: without a helper, or whenever it declines, the launcher runs the hook in its own process.
 What keeps it safe:

@@ -6,7 +6,6 @@ import copy
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -205,8 +204,20 @@ def test_definition_errors():
         field(default=1, default_factory=int)
 
 
-def test_defining_records_is_cheap():
-    start = time.perf_counter()
+def test_defining_records_is_cheap(monkeypatch):
+    """No generated source: dataclasses ``exec()``s each method's text (~25 ms for 44 classes on the hook's path);
+    a record's methods are closures. Counted rather than timed (a timing fails whenever the machine is busy)."""
+    import builtins
+
+    calls = []
+    for name in ("exec", "compile", "eval"):
+        real = getattr(builtins, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(builtins, name, counting)
     for _ in range(44):
 
         @record(frozen=True)
@@ -217,8 +228,9 @@ def test_defining_records_is_cheap():
             d: tuple[int, ...] = field(default_factory=tuple)
             e: int = 0
 
+    monkeypatch.undo()
     assert Many(1, "b").e == 0
-    assert time.perf_counter() - start < 0.05  # ~1 ms in practice; dataclasses took ~25 ms (exec per method)
+    assert calls == []
 
 
 # --- the hook path must not import dataclasses ------------------------------------------------------------------

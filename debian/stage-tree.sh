@@ -52,7 +52,7 @@ PYTHONPATH=$site $PY -m nvc.bytecode_bundle >/dev/null  # and writes the bundle 
 find "$site" -depth -type d -name __pycache__ -exec rm -rf {} +
 
 # 4. Runtime configuration: the hooks.d file naming /usr/bin, config.toml (a conffile: it is in /etc), and the
-#    systemd units in hooks/ if any (installed disabled, see debian/rules).
+#    systemd units in hooks/ (enabled or not: see debian/rules).
 $PY - "$dest" $tools <<'EOF'
 import json, os, sys, glob
 

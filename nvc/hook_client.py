@@ -33,17 +33,18 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-MAGIC = b"nvc-hook-helper 1\n"
-#: What the helper answers: ``A`` once it has taken the start on, then ``C`` + the exit status when the hook has
-#: run; ``D`` + a reason byte when it declines (before ``A``, or after it only for an exec'd CLI: nothing ran yet).
-ACCEPTED, RAN, DECLINED = ord("A"), ord("C"), ord("D")
+MAGIC = b"nvc-hook-helper 2\n"
+#: What the helper answers: ``A`` once it would take the start on, to which the launcher says ``G`` ("go": only
+#: then is the start the helper's), then ``C`` + the exit status when the hook has run; ``D`` + a reason byte when
+#: it declines (before ``A``, or after ``G`` only for an exec'd CLI: nothing ran yet).
+ACCEPTED, GO, RAN, DECLINED = ord("A"), ord("G"), ord("C"), ord("D")
 #: A helper takes a start on within milliseconds; one that has not in this time is stuck, and its child (if it
-#: ever comes) finds the connection closed and does nothing.
+#: ever answers) finds the connection closed instead of "go" and does nothing.
 ACCEPT_TIMEOUT_SECONDS = 30.0
 #: Why a helper declines (the reason byte), for the launcher's trace and the tests.
 REASONS = {ord("n"): "another namespace", ord("p"): "another install",
            ord("x"): "exec'd CLI", ord("m"): "bad message", ord("t"): "unknown tool",
-           ord("c"): "other capabilities", ord("q"): "configure without --pid", ord("l"): "resource limits"}
+           ord("c"): "other confinement", ord("q"): "configure without --pid", ord("l"): "resource limits"}
 _S_IFMT, _S_IFSOCK = 0o170000, 0o140000
 
 
@@ -160,8 +161,12 @@ def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
                 trace("no answer")
                 return None
             sock.settimeout(None)
-            accepted = taken[0] = reply == bytes((ACCEPTED,))
+            accepted = reply == bytes((ACCEPTED,))
             if accepted:
+                # Within the time we wait: the start is the helper's from this byte on (one that comes too late
+                # finds the connection closed, unanswered, and runs nothing).
+                sock.sendall(bytes((GO,)))
+                taken[0] = True
                 reply = _receive(sock, 2)
             elif reply:
                 reply += _receive(sock, 1)

@@ -381,14 +381,16 @@ def test_starts_at_the_same_time_are_each_served(tmp_path, tools, helper):
         safe_rmtree(bundle)
 
 
-def test_a_caller_with_fewer_capabilities_is_declined(tmp_path, tools, helper):
-    """uid 0 is not enough: a caller whose capability sets differ from the helper's runs its start itself."""
+@pytest.mark.parametrize("confinement", [("--bounding-set=-all", "--inh-caps=-all"), ("--no-new-privs",)],
+                         ids=["fewer capabilities", "no_new_privs"])
+def test_a_more_confined_caller_is_declined(tmp_path, tools, helper, confinement):
+    """uid 0 is not enough: a caller whose capability sets or no_new_privs differ from the helper's (as would its
+    seccomp filters, root directory or LSM label) runs its start itself, with the confinement it has."""
     bindir, _ = tools
     bundle = plain_bundle(tmp_path)
-    res = run_hook(bindir, helper.env, bundle, os.getpid(),
-                   prefix=("setpriv", "--bounding-set=-all", "--inh-caps=-all"))
-    assert "helper=declined (other capabilities)" in res.stderr, res.stderr
-    helper.wait_for("declined (other capabilities)")
+    res = run_hook(bindir, helper.env, bundle, os.getpid(), prefix=("setpriv", *confinement))
+    assert "helper=declined (other confinement)" in res.stderr, res.stderr
+    helper.wait_for("declined (other confinement)")
     safe_rmtree(bundle)
 
 
@@ -423,8 +425,10 @@ def test_a_warm_start_imports_nothing_the_helper_has_not_loaded(tmp_path, tools,
             holder.kill()
             holder.wait()
         safe_rmtree(bundle)
-    helper.wait_for("exit 0", timeout=10)
-    starts = [line for line in helper.lines() if "start for pid" in line]
+    deadline = time.monotonic() + 10  # each child logs after its reply: wait for the fourth line
+    while len(starts := [line for line in helper.lines() if "start for pid" in line]) < 4:
+        assert time.monotonic() < deadline, starts
+        time.sleep(0.02)
     assert len(starts) == 4, starts
     assert not any("imported" in line for line in starts[2:]), starts
 
@@ -481,10 +485,17 @@ def resource_core_limit_text() -> str:
     return subprocess.run(["sh", "-c", "ulimit -c"], capture_output=True, text=True, check=True).stdout
 
 
-def test_a_start_whose_caller_is_killed_stops_and_undoes_its_mounts(tmp_path, tools, helper):
-    """The runtime kills a hook that overruns its timeout. In its own process the hook would die with it; in the
-    helper the start must stop too, not go on mounting into a container being torn down: the child notices the
-    closed connection, stops as on an interrupt (its mounts undone, the image's ldconfig killed) and logs why."""
+def _children_of(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_start_whose_caller_is_killed_is_killed_with_what_it_started(tmp_path, tools, helper):
+    """The runtime kills a hook that overruns its timeout. In its own process the hook dies with it; in the helper
+    the start must stop too, not go on mounting into a container being torn down: the child notices the closed
+    connection, logs why and is killed where it stands with its process group (the image's ldconfig here)."""
     bindir, _ = tools
     bundle, env = _with_image_ldconfig(tmp_path / "slow", bindir, "exec sleep 97")
     rootfs = bundle / "rootfs"
@@ -503,25 +514,60 @@ def test_a_start_whose_caller_is_killed_stops_and_undoes_its_mounts(tmp_path, to
             assert time.monotonic() < deadline, "the start never reached ldconfig"
             time.sleep(0.01)
         assert mounts_in(holder.pid, rootfs)
+        busy = [pid for pid in helper.children() if _children_of(pid)]  # the child running the start
+        assert len(busy) == 1
         caller.kill()
         caller.wait()
         caller.stderr.close()
-        helper.wait_for("stopped: its caller went away")
-        assert mounts_in(holder.pid, rootfs) == []
+        helper.wait_for("its caller went away: stopped")
         deadline = time.monotonic() + 10
-        while set(_processes_named("sleep")) - before:
-            assert time.monotonic() < deadline, "the image's ldconfig outlived the start"
+        while set(_processes_named("sleep")) - before or Path(f"/proc/{busy[0]}").exists():
+            assert time.monotonic() < deadline, "the start or the image's ldconfig outlived its caller"
             time.sleep(0.01)
-        assert any("exit 130" in line for line in helper.lines())
+        assert not any("exit" in line for line in helper.lines() if "start for pid" in line)
     finally:
         holder.kill()
         holder.wait()
     safe_rmtree(bundle)
 
 
-def test_errors_after_the_helper_took_the_start_fail_it_rather_than_run_it_twice(tmp_path, monkeypatch):
-    """A connection reset (or any other error) once the helper has said 'A' is a failed start, one line, exit 1:
-    part of it may have been done, so the launcher must not run it again itself."""
+def test_a_launcher_that_stopped_waiting_has_its_start_run_nowhere_else(tmp_path, helper):
+    """The launcher gives up waiting for the helper after 30 s and runs the start itself. A helper that answers
+    just after must not run it too: it gets no "go" (the connection closes) and does nothing."""
+    from nvc import hook_client
+
+    bundle = gpu_bundle(tmp_path, ["NVIDIA_VISIBLE_DEVICES=0"], {})
+    holder = held_namespace()
+    state = json.dumps({"ociVersion": "1.0.2", "id": "h", "pid": holder.pid, "bundle": str(bundle)})
+    payload = json.dumps({"package": str(Path(hook_client.__file__).parent), "tool": "hook",
+                          "argv0": "nvidia-container-runtime-hook", "argv": ["prestart"], "env": helper.env,
+                          "umask": 0o022, "state": state, "stdio": ["utf-8", "strict", "utf-8", "backslashreplace"]})
+    message = hook_client.MAGIC + len(payload).to_bytes(4, "little") + payload.encode()
+    cwd = os.open(".", os.O_PATH)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(helper.directory / "hook.sock"))
+            sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd)))])
+            assert sock.recv(1) == b"A"
+        helper.wait_for("its caller stopped waiting: not run")
+        assert mounts_in(holder.pid, bundle / "rootfs") == []
+    finally:
+        os.close(cwd)
+        holder.kill()
+        holder.wait()
+    safe_rmtree(bundle)
+
+
+@pytest.mark.parametrize("after_go", [True, False], ids=["reset after go", "closed before go"])
+def test_errors_after_go_fail_the_start_errors_before_it_run_it_here(tmp_path, monkeypatch, after_go):
+    """Once the launcher has said "go" the start is the helper's: a connection reset then is a failed start, one
+    line, exit 1 (part of it may have been done; running it here could do it twice). A helper that went away after
+    'A' but before "go" ran nothing: the launcher runs the start itself."""
+    import io
+    import select
+    import threading
+
     from nvc import hook_client
 
     directory = tmp_path / "cache"
@@ -531,22 +577,24 @@ def test_errors_after_the_helper_took_the_start_fail_it_rather_than_run_it_twice
     os.chmod(directory / "hook.sock", 0o600)
     listener.listen(1)
 
-    def accept_then_reset() -> None:
+    def serve() -> None:
         conn, _ = listener.accept()
-        conn.recv(4)  # the rest of the message left unread: closing now resets the caller's end (ECONNRESET)
+        header = len(hook_client.MAGIC) + 4
+        data = b""
+        while len(data) < header or len(data) < header + int.from_bytes(data[len(hook_client.MAGIC):header], "little"):
+            data += conn.recv(1 << 16)
         conn.sendall(b"A")
+        if after_go:  # "go" arrived, left unread: closing now resets the launcher's end (ECONNRESET)
+            select.select([conn], [], [], 10)
         conn.close()
-
-    import io
-    import threading
 
     traces: list[str] = []
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"{}")))
-    thread = threading.Thread(target=accept_then_reset)
+    thread = threading.Thread(target=serve)
     thread.start()
     try:
         code = hook_client.offer(str(directory).encode(), "hook.sock", "hook", True, traces.append)
     finally:
         thread.join()
         listener.close()
-    assert (code, traces) == (1, ["gone before it reported"])
+    assert (code, traces) == ((1, ["gone before it reported"]) if after_go else (None, ["error"]))

@@ -90,17 +90,23 @@ def run_ldconfig(
         finally:
             os._exit(code)
     deadline = time.monotonic() + TIMEOUT_SECONDS
+    status = None
     try:
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
+        while status is None:
+            done, result = os.waitpid(pid, os.WNOHANG)
             if done:
-                break
-            if time.monotonic() > deadline:
+                status = result
+            elif time.monotonic() > deadline:
                 raise NvcError("ldcache", f"process {display} timed out")
-            time.sleep(0.002)
+            else:
+                time.sleep(0.002)
     except BaseException:  # timed out, or the start is interrupted: the image's ldconfig must not outlive it
-        os.kill(pid, _SIGKILL)
-        os.waitpid(pid, 0)
+        if status is None:  # not reaped yet: the pid is still that child's
+            try:
+                os.kill(pid, _SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):  # reaped just before the interruption
+                pass
         raise
     if os.WIFSIGNALED(status):
         raise NvcError("ldcache", f"process {display} terminated with signal {os.WTERMSIG(status)}")

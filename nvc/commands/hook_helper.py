@@ -14,17 +14,20 @@ What keeps it safe:
 * the socket is root's, mode 0600, in the root-only cache directory, and each caller's credentials are checked
   (``SO_PEERCRED``: uid 0, or the helper's own uid) before a byte is read;
 * the caller must live in the helper's mount, PID and user namespaces (the state's pid and every path mean the
-  same there), hold the same capability sets (a root caller stripped of capabilities gets none back), and come
-  from the same install of nvc; ``configure`` without ``--pid`` (which works on its parent) is left to it too;
+  same there), be as confined as the helper (capability sets, no_new_privs, seccomp, root directory, LSM label:
+  a confined root caller gets no unconfined child), and come from the same install of nvc; ``configure``
+  without ``--pid`` (which works on its parent) is left to it too;
 * with each start the helper compares its modules' files, nvc's and its dependencies', with what it loaded
-  (size, mtime): after an upgrade or an edit it exits (removing its socket), and its service manager starts the
-  new code;
+  (inode, size, mtime, ctime): after an upgrade or an edit it exits (removing its socket), and its service
+  manager starts the new code;
 * each start runs in its own child, forked before the start arrives (a spare waiting in ``accept``) and so
   before anything of the caller's is read: a start cannot change the helper or another start, and the child
   exits when the hook is done;
 * the child takes on the caller's descriptors, working directory, environment, umask, resource limits and output
   encodings, and lives only as long as its caller: should the launcher die (a runtime's hook timeout kills it),
-  the start stops as on an interrupt, its mounts undone;
+  the start is killed where it stands with what it started, as it would have been in the launcher's process;
+* a start runs only after the launcher's "go" (``G``, answering ``A``): a launcher that stopped waiting closes
+  instead, and its start runs in one place only;
 * a hook that would exec an external CLI (``[nvidia-container-cli] path``) is declined, so that the launcher
   execs it as it always does.
 """
@@ -35,7 +38,11 @@ import os
 import sys
 
 from nvc.helper_probe import SOCKET_NAME
-from nvc.hook_client import ACCEPTED, DECLINED, MAGIC, RAN, REASONS
+from nvc.hook_client import ACCEPTED, DECLINED, GO, MAGIC, RAN, REASONS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: What a container start imports, loaded before the first one (a module missing here is imported by the child).
 PRELOAD = (
@@ -72,9 +79,11 @@ def loaded_files(package_dir: str = _PACKAGE_DIR) -> tuple[str, ...]:
                          and not path.startswith(inside)}))
 
 
-def code_stamp(package_dir: str = _PACKAGE_DIR, others: tuple[str, ...] = ()) -> tuple[tuple[str, int, int], ...]:
-    """(path, size, mtime_ns) of every Python file of the package (walked each time: an upgrade may add one) and
-    of ``others`` (:func:`loaded_files`). Its own walk rather than the bytecode bundle's module list
+def code_stamp(package_dir: str = _PACKAGE_DIR,
+               others: tuple[str, ...] = ()) -> tuple[tuple[str, int, int, int, int], ...]:
+    """(path, inode, size, mtime_ns, ctime_ns) of every Python file of the package (walked each time: an upgrade
+    may add one) and of ``others`` (:func:`loaded_files`); the inode and ctime too, since a package unpacked by
+    dpkg keeps its archive's mtimes. Its own walk rather than the bytecode bundle's module list
     (``_modules``): that one checks each name against extension modules and costs 4x as much, and this runs after
     every start."""
     paths = []
@@ -86,16 +95,29 @@ def code_stamp(package_dir: str = _PACKAGE_DIR, others: tuple[str, ...] = ()) ->
         try:
             st = os.stat(path)
         except OSError:
-            out.append((path, -1, -1))  # gone: a change as well
+            out.append((path, -1, -1, -1, -1))  # gone: a change as well
             continue
-        out.append((path, st.st_size, st.st_mtime_ns))
+        out.append((path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)
 
 
-def _capabilities(pid: int | str) -> tuple[str, ...]:
-    """The effective and bounding capability sets of ``pid`` (from its status)."""
+#: The lines of /proc/PID/status that say how confined a process is: what a start through the helper must share
+#: with its caller, or the caller would get more than in its own process.
+_CONFINEMENT = ("CapEff:", "CapBnd:", "NoNewPrivs:", "Seccomp:", "Seccomp_filters:")
+
+
+def _confinement(pid: int | str) -> tuple[object, ...]:
+    """How ``pid`` is confined: its capability sets, no_new_privs and seccomp mode and filters (status), its
+    root directory and its LSM label (AppArmor, SELinux)."""
     with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-        return tuple(line.split()[1] for line in f if line.startswith(("CapEff:", "CapBnd:")))
+        status = tuple(line.strip() for line in f if line.startswith(_CONFINEMENT))
+    root = os.stat(f"/proc/{pid}/root")
+    try:
+        with open(f"/proc/{pid}/attr/current", "rb") as f:
+            label = f.read()
+    except OSError:  # no LSM
+        label = None
+    return status, (root.st_dev, root.st_ino), label
 
 
 def _namespace(pid: int | str, kind: str) -> int:
@@ -149,9 +171,10 @@ def _decline_exec(*_args: object) -> None:
     raise _Decline(b"x")
 
 
-def _run_start(conn, peer_pid: int) -> bytes:
-    """In the child: one container start. Returns the last reply (``C`` + status, or ``D`` + reason); ``A`` is
-    sent once the start is taken on, before anything of it runs."""
+def _run_start(conn, peer_pid: int, log: Callable[[str], None]) -> bytes:
+    """In the child: one container start. Returns the last reply (``C`` + status, ``D`` + reason, or nothing when
+    the launcher gave up before saying "go"); ``A`` is sent once all checks passed, and the start runs only when
+    the launcher answers ``G``."""
     fds: list[int] = []
     try:
         message, fds = _receive(conn)
@@ -162,8 +185,8 @@ def _run_start(conn, peer_pid: int) -> bytes:
         for kind in ("mnt", "pid", "user"):
             if _namespace(peer_pid, kind) != _namespace("self", kind):
                 raise _Decline(b"n")
-        if _capabilities(peer_pid) != _capabilities("self"):
-            raise _Decline(b"c")  # a root caller with fewer capabilities must not get a child with all of ours
+        if _confinement(peer_pid) != _confinement("self"):
+            raise _Decline(b"c")  # a confined root caller must not get an unconfined child of ours
         if message["tool"] == "cli" and not any(a == "--pid" or a.startswith("--pid=") for a in message["argv"]):
             raise _Decline(b"q")  # configure without --pid works on its parent process: the launcher's, not ours
         _adopt_limits(peer_pid)
@@ -178,8 +201,11 @@ def _run_start(conn, peer_pid: int) -> bytes:
         os.environ.clear()
         os.environ.update(message["env"])
         sys.argv = [message["argv0"], *message["argv"]]
-        conn.sendall(bytes((ACCEPTED,)))  # from here on the launcher never runs this start itself
-        _watch_caller(conn)
+        conn.sendall(bytes((ACCEPTED,)))
+        # The launcher says "go" only if it has not given up waiting: then, and only then, the start is ours.
+        if _receive_exactly(conn, 1) != bytes((GO,)):
+            raise _GaveUp
+        _watch_caller(conn, log, peer_pid)
         try:
             if message["tool"] == "hook":
                 import io
@@ -201,6 +227,8 @@ def _run_start(conn, peer_pid: int) -> bytes:
             _stop_watching()
     except _Decline as exc:
         return bytes((DECLINED,)) + exc.reason
+    except _GaveUp:
+        return b""
     finally:
         for fd in fds:
             try:
@@ -213,7 +241,7 @@ def _run_start(conn, peer_pid: int) -> bytes:
         except (OSError, ValueError):
             pass
     code = 0 if code is None else code
-    return bytes((RAN, code if isinstance(code, int) and 0 <= code <= 255 else 1))
+    return bytes((RAN, code & 0xFF))  # what the caller's own process would have exited with (status & 0377)
 
 
 def _write_stderr(text: str) -> None:
@@ -259,23 +287,32 @@ def _adopt_streams(stdio: list[str]) -> None:
     sys.stdout, sys.stderr = streams
 
 
-class _CallerGone(KeyboardInterrupt):
-    """The launcher died while its start ran (the runtime killed the hook: a timeout, a cancelled create). The
-    start stops as the hook does on an interrupt: what it mounted is undone, exit status 130."""
+class _GaveUp(Exception):
+    """The launcher closed the connection instead of saying "go" (it stopped waiting and runs the start itself)."""
 
 
-_caller_gone = False
+def _receive_exactly(conn, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = conn.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
-def _watch_caller(conn) -> None:
+def _watch_caller(conn, log: Callable[[str], None], peer_pid: int) -> None:
     """Have the kernel signal this child (``SIGIO``, ``O_ASYNC``) when something happens on the connection; the
-    caller sends nothing after its message, so that is its end of the socket closing."""
+    launcher sends nothing after "go", so that is its end closing: the runtime killed it (a hook timeout). The start
+    then ends as it would have in the launcher's own process, killed where it stands, with the processes it
+    started (its process group: the image's ldconfig, the NVML query): the runtime removes the container with
+    what was done to it. No exception is raised into the hook's code, which could land in the middle of its
+    clean-up or of entering the container's namespace."""
     import fcntl
     import signal
     import socket
 
     def check(*_args: object) -> None:
-        global _caller_gone
         try:
             if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
                 return  # bytes from a caller that should not send any: not a hang-up
@@ -283,10 +320,10 @@ def _watch_caller(conn) -> None:
             pass  # gone as well
         except OSError:  # EAGAIN: still there
             return
-        if not _caller_gone:
-            _caller_gone = True
-            signal.signal(signal.SIGIO, signal.SIG_IGN)
-            raise _CallerGone
+        log(f"start for pid {peer_pid}: its caller went away: stopped")
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     conn.settimeout(None)  # blocking: MSG_DONTWAIT answers at once, rather than the socket's timeout waiting
     signal.signal(signal.SIGIO, check)
@@ -312,6 +349,10 @@ def _spare(listener, log_fd: int, taken_w: int) -> None:
     gc.disable()  # a collection would copy every page shared with the helper; this child lives for one start
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the hook waits for its own children (the NVML helper)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:  # its own process group: a start whose caller is killed goes with what it started (_watch_caller)
+        os.setpgid(0, 0)
+    except OSError:
+        pass
     code = 1
     try:
         _own_pages(listener)
@@ -328,17 +369,18 @@ def _spare(listener, log_fd: int, taken_w: int) -> None:
             started = time.monotonic()
             loaded = set(sys.modules)
             try:
-                reply = _run_start(conn, peer_pid)
+                reply = _run_start(conn, peer_pid, lambda line: _log(log_fd, line))
             except BaseException as exc:  # a bug of ours: no reply (the launcher reports it once taken on)
                 _log(log_fd, f"start for pid {peer_pid} failed: {type(exc).__name__}: {exc}")
                 os._exit(1)
+            if not reply:
+                _log(log_fd, f"start for pid {peer_pid}: its caller stopped waiting: not run")
+                os._exit(0)
             try:
                 conn.sendall(reply)
             except OSError:
                 pass
             outcome = f"exit {reply[1]}" if reply[0] == RAN else f"declined ({REASONS.get(reply[1], '?')})"
-            if _caller_gone:
-                outcome += ", stopped: its caller went away"
             # Modules the start had to import itself: each costs every start, and PRELOAD should have them.
             imported = sorted(set(sys.modules) - loaded)
             if imported:
@@ -446,7 +488,7 @@ def serve(directory: str) -> int:
             else:
                 os.read(taken_r, 1)
             spare = None  # it has a start (or failed): no longer ours to stop
-            # While that child works (not before it: 0.2 ms a start): is what we loaded still what is on disk? A
+            # While that child works (not before it: 0.6-0.8 ms a start): is what we loaded still on disk? A
             # start that had begun when the files changed is served by the old code, as it would have been had it
             # come a moment earlier; the next finds the socket gone and runs in its launcher until we are back.
             if code_stamp(others=others) != stamp:
@@ -456,7 +498,9 @@ def serve(directory: str) -> int:
     finally:
         listener.close()
         _unlink_socket(directory, socket_id)
-        if spare:  # the idle spare would go on accepting on the listener it shares with us
+        # The idle spare would go on accepting on the listener it shares with us; one that has just taken a start
+        # (its byte not read yet) finishes it.
+        if spare and not select.select([taken_r], [], [], 0)[0]:
             try:
                 os.kill(spare, signal.SIGTERM)
             except ProcessLookupError:

@@ -18,6 +18,8 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14
 #: A writable mapping larger than this is a reservation (a thread stack, an allocator's arena), not the state a
 #: forked child goes on to write: populating it would only cost memory.
 _MAX_MAPPING = 64 << 20
+#: And no more than this in all (the helper's spares: ~9 MiB): a process that grew would otherwise copy it all.
+_MAX_TOTAL = 32 << 20
 _CHUNK = 1 << 20
 
 
@@ -40,13 +42,13 @@ def populate_writable(ranges: list[tuple[int, int]], stop=None) -> int:
     """Make these pages this process's own now (``madvise(MADV_POPULATE_WRITE)``, contents unchanged), rather than
     on the first write to each: a forked child shares its parent's pages copy-on-write, and a Python child writes
     to most pages it touches (reference counts), each write to a shared page costing a fault and a copy (2-3 µs
-    a page on a VM). ``stop()``, asked before each megabyte, ends it early. Returns the bytes populated; 0 on a
-    kernel without the advice (before 5.14)."""
+    a page on a VM). ``stop()``, asked before each megabyte, ends it early, as does reaching 32 MiB. Returns the
+    bytes populated; 0 on a kernel without the advice (before 5.14)."""
     ffi, lib = libc()
     done = 0
     for low, high in ranges:
         for address in range(low, high, _CHUNK):
-            if stop is not None and stop():
+            if done >= _MAX_TOTAL or (stop is not None and stop()):
                 return done
             length = min(_CHUNK, high - address)
             if lib.madvise(ffi.cast("void *", address), length, MADV_POPULATE_WRITE) != 0:

@@ -43,18 +43,17 @@ def test_the_mappings_are_this_processs_private_writable_ones():
     assert any(low <= address < high for low, high in ranges)
 
 
-def _mapping_of(address: int) -> tuple[int, int]:
-    return next((low, high) for low, high in private_writable_mappings() if low <= address < high)
-
-
 def test_populating_copies_the_shared_pages_before_they_are_written_and_changes_nothing():
     """A child that populates first takes (almost) no copy-on-write faults when it then writes to what it shares
     with its parent, and sees the same values: the pages are copied, not cleared."""
     import ctypes
+    import mmap
 
-    shared = bytearray(os.urandom(4 << 20))  # large enough for an allocation of its own
-    address = ctypes.addressof((ctypes.c_char * len(shared)).from_buffer(shared))
-    mapping = _mapping_of(address)
+    # A private anonymous mapping of its own (a large bytearray may come from the heap in a long-lived process).
+    shared = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    shared.write(os.urandom(4 << 20))
+    address = ctypes.addressof(ctypes.c_char.from_buffer(shared))
+    mapping = (address, address + len(shared))
     if _in_child(lambda: populate_writable([mapping])) == "0":
         pytest.skip("no MADV_POPULATE_WRITE here (Linux < 5.14, or filtered)")
     digest = hash(bytes(shared))

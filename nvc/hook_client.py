@@ -156,7 +156,7 @@ def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
                 sock.sendall(message[sent:])
             sock.settimeout(ACCEPT_TIMEOUT_SECONDS)  # a helper that cannot take the start: run it here
             try:
-                reply = _receive(sock, 1)
+                reply = receive_exactly(sock, 1)
             except TimeoutError:
                 trace("no answer")
                 return None
@@ -167,9 +167,9 @@ def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
                 # finds the connection closed, unanswered, and runs nothing).
                 sock.sendall(bytes((GO,)))
                 taken[0] = True
-                reply = _receive(sock, 2)
+                reply = receive_exactly(sock, 2)
             elif reply:
-                reply += _receive(sock, 1)
+                reply += receive_exactly(sock, 1)
         finally:
             sock.close()
     finally:
@@ -188,7 +188,8 @@ def _offer(directory: bytes, socket_name: str, tool: str, with_state: bool,
     return _lost(trace)
 
 
-def _receive(sock, count: int) -> bytes:
+def receive_exactly(sock, count: int) -> bytes:
+    """``count`` bytes from ``sock``, or fewer if it closes first (both ends of the helper's protocol use it)."""
     data = b""
     while len(data) < count:
         chunk = sock.recv(count - len(data))

@@ -38,7 +38,7 @@ import os
 import sys
 
 from nvc.helper_probe import SOCKET_NAME
-from nvc.hook_client import ACCEPTED, DECLINED, GO, MAGIC, RAN, REASONS
+from nvc.hook_client import ACCEPTED, DECLINED, GO, MAGIC, RAN, REASONS, receive_exactly
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def _run_start(conn, peer_pid: int, log: Callable[[str], None]) -> bytes:
         sys.argv = [message["argv0"], *message["argv"]]
         conn.sendall(bytes((ACCEPTED,)))
         # The launcher says "go" only if it has not given up waiting: then, and only then, the start is ours.
-        if _receive_exactly(conn, 1) != bytes((GO,)):
+        if receive_exactly(conn, 1) != bytes((GO,)):
             raise _GaveUp
         _watch_caller(conn, log, peer_pid)
         try:
@@ -289,16 +289,6 @@ def _adopt_streams(stdio: list[str]) -> None:
 
 class _GaveUp(Exception):
     """The launcher closed the connection instead of saying "go" (it stopped waiting and runs the start itself)."""
-
-
-def _receive_exactly(conn, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = conn.recv(count - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def _watch_caller(conn, log: Callable[[str], None], peer_pid: int) -> None:

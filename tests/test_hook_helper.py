@@ -57,11 +57,7 @@ class Helper:
             time.sleep(0.02)
 
     def children(self) -> list[int]:
-        try:
-            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(pid) for pid in text.split()]
+        return _children_of(self.proc.pid)
 
     def stop(self) -> None:
         """Stop it as systemd would, and check that its waiting spare child went with it."""
@@ -73,6 +69,21 @@ class Helper:
         while any(Path(f"/proc/{pid}").exists() for pid in spares):
             assert time.monotonic() < deadline, f"the helper left {spares} behind"
             time.sleep(0.02)
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _config_variant(bindir: Path, path: Path, cli_lines: str, tail: str = "") -> Path:
+    """The tools' config.toml with ``cli_lines`` added to its ``[nvidia-container-cli]`` table and ``tail`` after
+    it, written to ``path``."""
+    path.write_text((bindir / "config.toml").read_text().replace(
+        "[nvidia-container-cli]\n", f"[nvidia-container-cli]\n{cli_lines}") + tail)
+    return path
 
 
 @pytest.fixture
@@ -322,9 +333,7 @@ def _log_mode_after_a_start(tmp_path: Path, bindir: Path, env: dict[str, str], w
     """The mode the hook's debug log file (``[nvidia-container-cli] debug``, created by the start) gets when the
     hook runs with ``umask``; and the launcher's trace."""
     log = tmp_path / f"{way}.log"
-    config = tmp_path / f"{way}.toml"
-    config.write_text((bindir / "config.toml").read_text().replace(
-        "[nvidia-container-cli]\n", f'[nvidia-container-cli]\ndebug = "{log}"\n'))
+    config = _config_variant(bindir, tmp_path / f"{way}.toml", f'debug = "{log}"\n')
     bundle = tmp_path / way
     make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"],
                 env=["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=utility"])
@@ -453,10 +462,8 @@ def _with_image_ldconfig(bundle: Path, bindir: Path, script: str) -> tuple[Path,
     ldconfig.write_text(f"#!/bin/sh\n{script}\n")
     ldconfig.chmod(0o755)
     make_bundle(bundle, rootfs, ["true"], env=["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=utility"])
-    config = bundle.with_name(bundle.name + ".toml")
-    config.write_text((bindir / "config.toml").read_text().replace(
-        "[nvidia-container-cli]\n", '[nvidia-container-cli]\nldconfig = "/sbin/ldconfig"\n')
-        + "\n[features]\nallow-ldconfig-from-container = true\n")
+    config = _config_variant(bindir, bundle.with_name(bundle.name + ".toml"), 'ldconfig = "/sbin/ldconfig"\n',
+                             "\n[features]\nallow-ldconfig-from-container = true\n")
     return bundle, {"NVC_EXEC_LDCONFIG": "1", "NVIDIA_CTK_CONFIG_FILE_PATH": str(config)}
 
 
@@ -483,13 +490,6 @@ def test_the_start_runs_with_the_callers_resource_limits(tmp_path, tools, helper
 
 def resource_core_limit_text() -> str:
     return subprocess.run(["sh", "-c", "ulimit -c"], capture_output=True, text=True, check=True).stdout
-
-
-def _children_of(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def test_a_start_whose_caller_is_killed_is_killed_with_what_it_started(tmp_path, tools, helper):

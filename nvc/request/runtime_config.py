@@ -294,10 +294,14 @@ def forget_parsed_configs() -> None:
     _MEMO.clear()
 
 
+def _memo_key(path: str, identity: list[int]) -> tuple[str, tuple[int, ...]]:
+    return os.path.abspath(path), tuple(identity)
+
+
 def _remember(path: str, identity: list[int], config: RuntimeConfig) -> None:
     if len(_MEMO) >= _MEMO_SIZE:
         _MEMO.clear()
-    _MEMO[os.path.abspath(path), tuple(identity)] = config
+    _MEMO[_memo_key(path, identity)] = config
 
 
 def _cached_config(path: str, path_exists: PathExists) -> RuntimeConfig | None:
@@ -311,7 +315,7 @@ def _cached_config(path: str, path_exists: PathExists) -> RuntimeConfig | None:
         return None  # the normal path reports it
     if identity is None:
         return None
-    config = _MEMO.get((os.path.abspath(path), tuple(identity)))
+    config = _MEMO.get(_memo_key(path, identity))
     if config is not None:
         return _normalize(replace(config, source=path), path_exists)
     dir_fd = None

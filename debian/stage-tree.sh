@@ -37,6 +37,8 @@ for launcher in scripts/launchers/*; do
     install -m 0755 "$launcher" "$venv/bin/"
     tools="$tools ${launcher##*/}"
 done
+# The hook helper's client (hooks/client/): the launchers exec it from beside themselves; not a command of its own.
+scripts/build-hook-client.sh "$venv/bin/nvc-hook-client"
 install -d "$dest/usr/bin"
 for tool in $tools; do
     ln -s "../lib/nvc/bin/$tool" "$dest/usr/bin/$tool"

@@ -11,13 +11,14 @@ import sys
 
 SOCKET_NAME = "hook.sock"
 NO_HELPER_ENV = "NVC_NO_HELPER"
+CLIENT_MARKER_ENV = "NVC_HELPER_CLIENT"  # set by the compiled client when it hands a start back (_client_offered)
 DEFAULT_CACHE_DIR = "/run/nvc"  # nvc.private_files.DEFAULT_CACHE_DIR (kept equal by a test)
 _HOOK_STAGES = ("prestart", "createRuntime")
 
 
 def try_helper() -> "int | None":
     """The OCI hook's exit status from the helper, or ``None``: run the hook in this process."""
-    if sys.argv[1:] not in ([stage] for stage in _HOOK_STAGES):
+    if _client_offered() or sys.argv[1:] not in ([stage] for stage in _HOOK_STAGES):
         return None
     return _offer("hook", True)
 
@@ -25,7 +26,7 @@ def try_helper() -> "int | None":
 def try_helper_cli() -> "int | None":
     """The same for ``nvidia-container-cli``, for its ``configure`` only (what runsc and containerd's oci-hook exec
     on every start); other commands are diagnoses that a person runs, where a fresh process is the point."""
-    if "configure" not in sys.argv[1:]:
+    if _client_offered() or "configure" not in sys.argv[1:]:
         return None
     return _offer("cli", False)
 
@@ -43,6 +44,24 @@ def socket_directory() -> "bytes | None":
         trace("absent")
         return None
     return directory
+
+
+def _client_offered() -> bool:
+    """Whether the compiled client (hooks/client/nvc-hook-client.c) offered this start already and the helper
+    said no ("offered"), rather than leaving the offer to us ("deferred"). Its variable goes from this process's
+    environment before anything reads it: the hook's environment is the runtime's, as without the client."""
+    key = CLIENT_MARKER_ENV.encode()
+    value = posix.environ.pop(key, None)
+    if value is None:
+        return False
+    posix.unsetenv(key)
+    os = sys.modules.get("os")
+    if os is not None:
+        os.environ.pop(CLIENT_MARKER_ENV, None)
+    if value == b"offered":
+        trace("offered by the client")
+        return True
+    return False
 
 
 def _offer(tool: str, with_state: bool) -> "int | None":

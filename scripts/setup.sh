@@ -46,4 +46,9 @@ if [ ! -f "$stamp" ] || [ -n "$stale" ]; then
 fi
 # The launchers' bytecode bundle (nvc/bytecode_bundle.py): rebuilt when a module changed, else left as it is.
 "$VENV/bin/python" -m nvc.bytecode_bundle >/dev/null
+# The hook helper's compiled client next to the launchers (hooks/client/): rebuilt when its source changed.
+client="$VENV/bin/nvc-hook-client"
+if [ ! -x "$client" ] || [ "$REPO/hooks/client/nvc-hook-client.c" -nt "$client" ]; then
+    "$REPO/scripts/build-hook-client.sh" "$client"
+fi
 export PATH="$VENV/bin:$PATH"

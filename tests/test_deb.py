@@ -97,6 +97,8 @@ def test_package_fields_and_contents(deb):
         assert f"/usr/lib/nvc/bin/{tool}" in paths
         assert f"/usr/share/man/man1/{tool}.1.gz" in paths
     assert {CONFIG, HOOKS_D, "/usr/lib/nvc/pyvenv.cfg"} <= paths
+    # The hook helper's compiled client beside the launchers that exec it; not a command on PATH.
+    assert "/usr/lib/nvc/bin/nvc-hook-client" in paths and "/usr/bin/nvc-hook-client" not in paths
     assert not [p for p in paths if p.endswith(".pyc") or "__pycache__" in p]  # postinst compiles on the target
     ctrl = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True, text=True, check=True)
     assert ctrl.stdout.split() == [CONFIG]

@@ -137,10 +137,12 @@ def test_runc_start_goes_through_the_helper(tmp_path, tools, helper):
 
 
 def test_the_helper_does_what_the_hook_does_in_its_own_process(tmp_path, tools, helper):
-    """Same mounts in the container either way; the launcher's trace says which way it went."""
+    """Same mounts in the container every way: through the compiled client, through the Python launcher's offer
+    (what the client leaves to it with "deferred"), in the hook's own process; the trace says which way it went."""
     bindir, _ = tools
     results = {}
-    for way, extra in (("helper", {}), ("in-process", {"NVC_NO_HELPER": "1"})):
+    for way, extra in (("helper", {}), ("python-offer", {"NVC_HELPER_CLIENT": "deferred"}),
+                       ("in-process", {"NVC_NO_HELPER": "1"})):
         bundle = tmp_path / way
         make_bundle(bundle, copy_rootfs(busybox_rootfs(), bundle / "rootfs"), ["true"],
                     env=["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"])
@@ -153,21 +155,25 @@ def test_the_helper_does_what_the_hook_does_in_its_own_process(tmp_path, tools, 
             holder.kill()
             holder.wait()
         safe_rmtree(bundle)
-    assert "nvc-launcher: helper=ran" in results["helper"][1]
+    assert "nvc-launcher: helper=ran (client)" in results["helper"][1]
+    assert results["python-offer"][1].splitlines() == ["nvc-launcher: helper=ran"]
     assert "helper=" not in results["in-process"][1]
     assert results["helper"][0] == results["in-process"][0] and len(results["helper"][0]) > 10
+    assert results["python-offer"][0] == results["in-process"][0]
 
 
-def test_cli_configure_goes_through_the_helper(tmp_path, tools, helper):
+@pytest.mark.parametrize("way", ["client", "python"])
+def test_cli_configure_goes_through_the_helper(tmp_path, tools, helper, way):
     bindir, _ = tools
     rootfs = copy_rootfs(busybox_rootfs(), tmp_path / "rootfs")
+    env = {**helper.env, "NVC_HELPER_CLIENT": "deferred"} if way == "python" else helper.env
     holder = held_namespace()
     try:
         res = subprocess.run([str(bindir / "nvidia-container-cli"), "--load-kmods", "configure", "--device=0",
-                              "--utility", f"--pid={holder.pid}", str(rootfs)], env=helper.env,
+                              "--utility", f"--pid={holder.pid}", str(rootfs)], env=env,
                              capture_output=True, text=True, timeout=60, check=False)
         assert res.returncode == 0, res.stderr
-        assert "nvc-launcher: helper=ran" in res.stderr
+        assert res.stderr.splitlines() == ["nvc-launcher: helper=ran" + (" (client)" if way == "client" else "")]
         assert any(m.endswith("/usr/bin/nvidia-smi") for m in mounts_in(holder.pid, rootfs))
     finally:
         holder.kill()
@@ -293,9 +299,11 @@ def test_changed_code_makes_the_helper_exit_and_the_launcher_carry_on(tmp_path, 
         running.stop()
 
 
-def test_a_caller_from_another_install_is_declined(tmp_path, host, helper):
+@pytest.mark.parametrize("way", ["client", "python"])
+def test_a_caller_from_another_install_is_declined(tmp_path, host, helper, way):
     """The launcher of another copy of nvc (another venv, a distribution package) must not be served this one's
-    code: the helper declines, the launcher runs its own."""
+    code: the helper declines, the launcher runs its own. The Python launcher names its package; the compiled
+    client the interpreter the launcher would start (another venv's, here a link to the same binary)."""
     tree = tmp_path / "other"
     shutil.copytree(REPO / "nvc", tree / "nvc", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "scripts/launchers", tree / "scripts/launchers")
@@ -303,10 +311,20 @@ def test_a_caller_from_another_install_is_declined(tmp_path, host, helper):
     bindir = tmp_path / "other-bin"
     install_tools(bindir, host)
     point_tools_at(bindir, tree)
+    env = dict(helper.env)
+    if way == "client":
+        other_python = tmp_path / "other-venv/bin/python"
+        other_python.parent.mkdir(parents=True)
+        other_python.symlink_to(sys.executable)
+        wrapper = bindir / "nvidia-container-runtime-hook"
+        wrapper.write_text(wrapper.read_text().replace(f" hook {sys.executable} ", f" hook {other_python} "))
+    else:
+        env["NVC_HELPER_CLIENT"] = "deferred"  # what the client leaves when the Python launcher is to offer it
     bundle = plain_bundle(tmp_path)
-    res = run_hook(bindir, helper.env, bundle, os.getpid())
+    res = run_hook(bindir, env, bundle, os.getpid())
     assert res.returncode == 0, res.stderr
     assert "helper=declined (another install)" in res.stderr
+    assert ("(client)" in res.stderr) == (way == "client"), res.stderr
 
 
 def test_the_unit_passes_systemds_verifier(tmp_path):

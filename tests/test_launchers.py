@@ -33,7 +33,9 @@ def test_launchers_are_one_template_and_packaged():
         fast = '"nvc.prefilter:hook_launcher_skips"' if module == "nvc.commands.hook" else "None"
         helper = {"nvc.commands.hook": '"nvc.helper_probe:try_helper"',
                   "nvc.commands.cli_main": '"nvc.helper_probe:try_helper_cli"'}.get(module, "None")
-        assert text == template.replace('MODULE = "nvc.commands.cli_main"', f'MODULE = "{module}"').replace(
+        client_tool = {"nvc.commands.hook": "hook", "nvc.commands.cli_main": "cli"}.get(module, "")
+        assert text == template.replace("client_tool=cli ", f"client_tool={client_tool} ").replace(
+            'MODULE = "nvc.commands.cli_main"', f'MODULE = "{module}"').replace(
             "FAST = None", f"FAST = {fast}").replace('HELPER = "nvc.helper_probe:try_helper_cli"',
                                                      f"HELPER = {helper}"), name
         assert text.startswith("#!/bin/sh\n")  # pip rewrites only #!python, and drops what follows it

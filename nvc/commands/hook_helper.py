@@ -159,12 +159,22 @@ def _receive(conn) -> tuple[dict, list[int]]:
     if (not isinstance(message, dict) or not isinstance(message.get("argv"), list)
             or not all(isinstance(a, str) for a in message["argv"]) or not isinstance(message.get("env"), dict)
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in message["env"].items())
-            or not all(isinstance(message.get(k), str) for k in ("state", "package", "tool", "argv0"))
+            or not all(isinstance(message.get(k), str) for k in ("state", "tool", "argv0"))
+            or sum(isinstance(message.get(k), str) for k in ("package", "python")) != 1
             or type(message.get("umask")) is not int or not 0 <= message["umask"] <= 0o777
             or not isinstance(message.get("stdio"), list) or len(message["stdio"]) != 4
             or not all(isinstance(v, str) for v in message["stdio"])):
         raise _Decline(b"m")
     return message, fds
+
+
+def _same_install(message: dict) -> bool:
+    """Whether the caller would have run this helper's nvc: the Python launcher names its package directory; the
+    compiled client (hooks/client/nvc-hook-client.c) the interpreter the launcher would start with -I -S, which
+    finds the same package as this helper only if the helper was started the same way (isolated, by a launcher)."""
+    if "package" in message:
+        return os.path.realpath(message["package"]) == _PACKAGE_DIR
+    return sys.flags.isolated == 1 and message["python"] == sys.executable
 
 
 def _decline_exec(*_args: object) -> None:
@@ -178,7 +188,7 @@ def _run_start(conn, peer_pid: int, log: Callable[[str], None]) -> bytes:
     fds: list[int] = []
     try:
         message, fds = _receive(conn)
-        if os.path.realpath(message["package"]) != _PACKAGE_DIR:
+        if not _same_install(message):
             raise _Decline(b"p")
         if message["tool"] not in ("hook", "cli"):
             raise _Decline(b"t")

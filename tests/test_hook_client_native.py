@@ -63,7 +63,8 @@ class Recorder:
                     data += chunk
                 for fd in fds:
                     os.close(fd)
-                assert data.startswith(MAGIC)
+                if not data.startswith(MAGIC):  # connected, then gave up before sending (a state too large)
+                    continue
                 self.messages.append(json.loads(data[len(MAGIC) + 4:]))
                 self.fd_counts.append(len(fds))
                 if self.script.startswith(b"A"):
@@ -158,6 +159,7 @@ def _client(bindir: Path, env: dict[str, str], launcher: Path, *args: str, tool:
 @pytest.mark.parametrize(("script", "trace", "marker"), [
     (b"Dn", "declined (another namespace)", "offered"),
     (b"", "refused", "offered"),
+    (b"ADx", "declined (exec'd CLI)", "offered"),  # after "go", before anything ran: the launcher runs it
 ])
 def test_a_start_the_helper_does_not_take_goes_back_with_its_state(tmp_path, client_tools, script, trace, marker):
     bindir, env = client_tools
@@ -262,3 +264,28 @@ def test_the_installed_launcher_execs_the_client_beside_it(tmp_path, with_client
     assert res.stderr.splitlines()[-1] == "nvc-launcher: helper=ran" + (" (client)" if with_client else "")
     assert ("python" in recorder.messages[0]) == with_client
     assert recorder.messages[0]["argv0"] == str(launcher)
+
+
+def test_a_state_too_large_for_the_helper_goes_back_whole(tmp_path, client_tools):
+    bindir, env = client_tools
+    recorder = Recorder(tmp_path / "cache", b"AC\x00")
+    state = bytes(range(256)) * (5 << 12)  # 5 MiB: more than the helper takes, read in part before the client knew
+    try:
+        res = _client(bindir, env, _fake_launcher(tmp_path), "prestart", state=state)
+    finally:
+        recorder.close()
+    assert res.returncode == 3 and recorder.messages == []
+    assert (tmp_path / "stdin").read_bytes() == state
+    assert (tmp_path / "marker").read_text() == "deferred\n"
+
+
+def test_an_empty_marker_is_not_sent(tmp_path, client_tools):
+    """``NVC_HELPER_CLIENT=`` passes the launcher's test; the Python part would drop it, so the client does."""
+    bindir, env = client_tools
+    recorder = Recorder(tmp_path / "cache", b"AC\x00")
+    try:
+        res = _client(bindir, {**env, "NVC_HELPER_CLIENT": ""}, _fake_launcher(tmp_path), "prestart", state=b"{}")
+    finally:
+        recorder.close()
+    assert res.returncode == 0, res.stderr
+    assert "NVC_HELPER_CLIENT" not in recorder.messages[0]["env"]

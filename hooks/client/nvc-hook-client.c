@@ -20,6 +20,10 @@
  * environment ("offered": the helper said no, do not ask again; "deferred": ask it the Python way) and, for the
  * hook, the state it read on stdin again. The launcher's Python part removes that variable before anything reads
  * the environment. Once the helper has taken the start on, its answer is final, as in nvc/hook_client.py.
+ *
+ * python_locale() models CPython 3.11-3.14's start-up (PEP 538 coercion, PEP 540 UTF-8 mode); a later version
+ * that changes it (PEP 686 makes UTF-8 mode the default) shows up in the comparison test, run on the interpreter
+ * the package ships.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +31,7 @@
 #include <langinfo.h>
 #include <locale.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,6 +40,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -60,7 +66,9 @@ struct buffer {
 static const char *launcher;
 static char *state;
 static size_t state_len;
-static int state_read;
+static int state_read;     /* stdin was read from: what was read goes back to the launcher with the rest */
+static int state_complete; /* ... to its end */
+static struct sigaction inherited_sigpipe;
 
 static void trace(const char *fmt, ...)
 {
@@ -101,6 +109,13 @@ static void put(struct buffer *b, const void *data, size_t len)
 }
 
 static void puts_(struct buffer *b, const char *text) { put(b, text, strlen(text)); }
+
+/* A comma unless the object just opened. */
+static void put_separator(struct buffer *b)
+{
+    if (!b->failed && b->len && b->data[b->len - 1] != '{')
+        puts_(b, ",");
+}
 
 static void put_escape(struct buffer *b, unsigned code)
 {
@@ -229,11 +244,12 @@ static int put_environment(struct buffer *b, const char *coerced)
         if (eq == NULL || eq == *e)
             return 0;
         size_t name_len = (size_t)(eq - *e);
+        if (name_len == strlen(MARKER) && strncmp(*e, MARKER, name_len) == 0)
+            continue; /* the launcher's Python part takes it out of the environment too (helper_probe.py) */
         for (char **other = environ; other != e; other++)
             if (strncmp(*other, *e, name_len + 1) == 0)
                 return 0;
-        if (e != environ)
-            puts_(b, ",");
+        put_separator(b);
         put_string(b, *e, name_len, 0);
         puts_(b, ":");
         if (coerced != NULL && name_len == 8 && strncmp(*e, "LC_CTYPE", 8) == 0) {
@@ -243,8 +259,7 @@ static int put_environment(struct buffer *b, const char *coerced)
             put_cstring(b, eq + 1);
     }
     if (coerced != NULL && !replaced) {
-        if (environ[0] != NULL)
-            puts_(b, ",");
+        put_separator(b);
         puts_(b, "\"LC_CTYPE\":");
         put_cstring(b, coerced);
     }
@@ -258,10 +273,9 @@ static int read_state(void)
     state = malloc(cap);
     if (state == NULL)
         return 0;
+    state_read = 1;
     for (;;) {
         if (state_len == cap) {
-            if (cap >= MAX_STATE)
-                return 0;
             char *more = realloc(state, cap * 2);
             if (more == NULL)
                 return 0;
@@ -276,9 +290,53 @@ static int read_state(void)
         if (n == 0)
             break;
         state_len += (size_t)n;
+        if (state_len > MAX_STATE)
+            return 0; /* the helper would not take it: the launcher gets all of it, read or not */
     }
-    state_read = 1;
+    state_complete = 1;
     return 1;
+}
+
+static int write_all(int fd, const char *data, size_t len)
+{
+    while (len) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        data += n;
+        len -= (size_t)n;
+    }
+    return 1;
+}
+
+/* A file holding what was read of stdin and the rest of it, at offset 0 (a memory file; a hidden temporary file
+ * where memfd_create is not allowed), or -1. */
+static int state_file(void)
+{
+    int fd = memfd_create("nvc-hook-state", 0);
+    if (fd < 0)
+        fd = open("/tmp", O_TMPFILE | O_RDWR, 0600);
+    if (fd < 0)
+        return -1;
+    int ok = write_all(fd, state, state_len);
+    char chunk[1 << 16];
+    while (ok && !state_complete) {
+        ssize_t n = read(0, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            ok = n == 0;
+            break;
+        }
+        ok = write_all(fd, chunk, (size_t)n);
+    }
+    if (!ok || lseek(fd, 0, SEEK_SET) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 /* Run the start the usual way: the launcher again, told what happened here, with the state it would have read
@@ -286,20 +344,8 @@ static int read_state(void)
 static void fall_back(char **args, enum fallback why)
 {
     if (state_read) {
-        int fd = memfd_create("nvc-hook-state", 0);
-        size_t done = 0;
-        while (fd >= 0 && done < state_len) {
-            ssize_t n = write(fd, state + done, state_len - done);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0) {
-                close(fd);
-                fd = -1;
-                break;
-            }
-            done += (size_t)n;
-        }
-        if (fd < 0 || lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) < 0) {
+        int fd = state_file();
+        if (fd < 0 || dup2(fd, 0) < 0) {
             dprintf(2, "%s: helper error: cannot hand the container state back to the hook: %s\n",
                     strrchr(launcher, '/') ? strrchr(launcher, '/') + 1 : launcher, strerror(errno));
             exit(1);
@@ -308,6 +354,7 @@ static void fall_back(char **args, enum fallback why)
             close(fd);
     }
     setenv(MARKER, why == OFFERED ? "offered" : "deferred", 1);
+    sigaction(SIGPIPE, &inherited_sigpipe, NULL);
     execv(launcher, args - 1); /* args - 1 is the launcher's path (main's argv[3]): its argv as it had it */
     dprintf(2, "%s: helper error: cannot run %s: %s\n", strrchr(launcher, '/') ? strrchr(launcher, '/') + 1 : launcher,
             launcher, strerror(errno));
@@ -391,6 +438,10 @@ int main(int argc, char **argv)
     const char *tool = argv[1], *python = argv[2];
     launcher = argv[3];
     char **args = argv + 4;
+    /* Writing to a runtime's closed pipe must not kill the start (Python ignores SIGPIPE too); the launcher gets
+     * the disposition this program inherited. */
+    struct sigaction ignore = {.sa_handler = SIG_IGN};
+    sigaction(SIGPIPE, &ignore, &inherited_sigpipe);
     int count = argc - 4;
     /* Not a start the helper serves, or the helper turned off: the launcher as if this program were not here. */
     const char *off = getenv("NVC_NO_HELPER");
@@ -420,6 +471,10 @@ int main(int argc, char **argv)
         fall_back(args, OFFERED);
     }
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* A helper too stuck to read the message is one that would not answer either (ACCEPT_TIMEOUT_MS). */
+    struct timeval send_timeout = {.tv_sec = ACCEPT_TIMEOUT_MS / 1000};
+    if (sock >= 0)
+        setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
     struct sockaddr_un address = {.sun_family = AF_UNIX};
     snprintf(address.sun_path, sizeof address.sun_path, "/proc/self/fd/%d/%s", dir_fd, SOCKET_NAME);
     if (sock < 0 || connect(sock, (struct sockaddr *)&address, sizeof address) != 0) {
@@ -517,6 +572,11 @@ int main(int argc, char **argv)
         if (got == 2 && reply[0] == 'C') {
             trace("ran");
             return reply[1];
+        }
+        if (got == 2 && reply[0] == 'D') {
+            /* Declined before anything ran (the hook would exec an external CLI): the launcher runs it. */
+            trace("declined (%s)", reason(reply[1]));
+            fall_back(args, OFFERED);
         }
         trace("gone before it reported");
         const char *name = strrchr(launcher, '/') ? strrchr(launcher, '/') + 1 : launcher;

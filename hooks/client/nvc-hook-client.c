@@ -297,6 +297,8 @@ static int read_state(void)
     return 1;
 }
 
+/* All of data to fd, a file or the helper's socket (SIGPIPE is ignored from main's start on, so a closed peer is
+ * an EPIPE here; the socket's send timeout bounds a write to it), or 0. */
 static int write_all(int fd, const char *data, size_t len)
 {
     while (len) {
@@ -359,20 +361,6 @@ static void fall_back(char **args, enum fallback why)
     dprintf(2, "%s: helper error: cannot run %s: %s\n", strrchr(launcher, '/') ? strrchr(launcher, '/') + 1 : launcher,
             launcher, strerror(errno));
     exit(127);
-}
-
-static int send_all(int sock, const char *data, size_t len)
-{
-    while (len) {
-        ssize_t n = send(sock, data, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return 0;
-        data += n;
-        len -= (size_t)n;
-    }
-    return 1;
 }
 
 /* Up to count bytes (fewer when the helper closes first); -1 on an error or, with a timeout, none in time. */
@@ -550,7 +538,7 @@ int main(int argc, char **argv)
     do
         sent = sendmsg(sock, &header, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
-    if (sent < 0 || !send_all(sock, message.data + sent, message.len - (size_t)sent)) {
+    if (sent < 0 || !write_all(sock, message.data + sent, message.len - (size_t)sent)) {
         trace("error");
         fall_back(args, OFFERED);
     }
@@ -564,7 +552,7 @@ int main(int argc, char **argv)
     }
     if (got == 1 && reply[0] == 'A') {
         /* Within the time we wait: from "go" on the start is the helper's, and its answer final. */
-        if (!send_all(sock, "G", 1)) {
+        if (!write_all(sock, "G", 1)) {
             trace("error");
             fall_back(args, OFFERED);
         }

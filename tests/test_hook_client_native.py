@@ -141,6 +141,36 @@ def test_the_cli_offer_is_the_same_too(tmp_path, client_tools):
     assert by_client["tool"] == "cli" and by_client["state"] == ""
 
 
+@pytest.mark.parametrize(("tool", "argv"), [
+    ("nvidia-container-runtime-hook", ["prestart"]),
+    ("nvidia-container-runtime-hook", ["createRuntime"]),
+    ("nvidia-container-runtime-hook", ["poststop"]),
+    ("nvidia-container-runtime-hook", ["prestart", "extra"]),
+    ("nvidia-container-runtime-hook", ["Prestart"]),
+    ("nvidia-container-runtime-hook", []),
+    ("nvidia-container-cli", ["--load-kmods", "configure", "--pid=1", "/x"]),
+    ("nvidia-container-cli", ["configure"]),
+    ("nvidia-container-cli", ["--version"]),
+    ("nvidia-container-cli", ["--configure"]),
+])
+def test_the_client_and_the_python_launcher_offer_the_same_calls(tmp_path, client_tools, tool, argv):
+    """Which calls are offered is decided twice (``applies`` in C, ``try_helper``/``try_helper_cli`` in Python):
+    the two must agree on every call, offered or not."""
+    bindir, env = client_tools
+    recorder = Recorder(tmp_path / "cache", b"AC\x00")
+    offered = {}
+    try:
+        for way, extra in (("client", {}), ("python", {"NVC_HELPER_CLIENT": "deferred"})):
+            before = len(recorder.messages)
+            subprocess.run([str(bindir / tool), *argv], input=b"{}", env={**env, **extra}, capture_output=True,
+                           timeout=60, check=False)
+            offered[way] = len(recorder.messages) - before
+    finally:
+        recorder.close()
+    expected = int(argv in (["prestart"], ["createRuntime"]) or "configure" in argv)
+    assert offered == {"client": expected, "python": expected}
+
+
 def _fake_launcher(tmp_path: Path) -> Path:
     """A launcher that shows what the client handed back to it: its stdin, arguments and marker."""
     launcher = tmp_path / "launcher"

@@ -64,11 +64,17 @@ struct buffer {
 };
 
 static const char *launcher;
-static char *state;
-static size_t state_len;
+static struct buffer state;
 static int state_read;     /* stdin was read from: what was read goes back to the launcher with the rest */
 static int state_complete; /* ... to its end */
 static struct sigaction inherited_sigpipe;
+
+/* The launcher's file name, as its messages name the tool. */
+static const char *launcher_name(void)
+{
+    const char *slash = strrchr(launcher, '/');
+    return slash ? slash + 1 : launcher;
+}
 
 static void trace(const char *fmt, ...)
 {
@@ -269,28 +275,20 @@ static int put_environment(struct buffer *b, const char *coerced)
 
 static int read_state(void)
 {
-    size_t cap = 1 << 14;
-    state = malloc(cap);
-    if (state == NULL)
-        return 0;
     state_read = 1;
     for (;;) {
-        if (state_len == cap) {
-            char *more = realloc(state, cap * 2);
-            if (more == NULL)
-                return 0;
-            state = more;
-            cap *= 2;
-        }
-        ssize_t n = read(0, state + state_len, cap - state_len);
+        grow(&state, 1 << 14);
+        if (state.failed)
+            return 0;
+        ssize_t n = read(0, state.data + state.len, state.cap - state.len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
             return 0;
         if (n == 0)
             break;
-        state_len += (size_t)n;
-        if (state_len > MAX_STATE)
+        state.len += (size_t)n;
+        if (state.len > MAX_STATE)
             return 0; /* the helper would not take it: the launcher gets all of it, read or not */
     }
     state_complete = 1;
@@ -322,7 +320,7 @@ static int state_file(void)
         fd = open("/tmp", O_TMPFILE | O_RDWR, 0600);
     if (fd < 0)
         return -1;
-    int ok = write_all(fd, state, state_len);
+    int ok = write_all(fd, state.data, state.len);
     char chunk[1 << 16];
     while (ok && !state_complete) {
         ssize_t n = read(0, chunk, sizeof chunk);
@@ -348,8 +346,8 @@ static void fall_back(char **args, enum fallback why)
     if (state_read) {
         int fd = state_file();
         if (fd < 0 || dup2(fd, 0) < 0) {
-            dprintf(2, "%s: helper error: cannot hand the container state back to the hook: %s\n",
-                    strrchr(launcher, '/') ? strrchr(launcher, '/') + 1 : launcher, strerror(errno));
+            dprintf(2, "%s: helper error: cannot hand the container state back to the hook: %s\n", launcher_name(),
+                    strerror(errno));
             exit(1);
         }
         if (fd != 0)
@@ -358,8 +356,7 @@ static void fall_back(char **args, enum fallback why)
     setenv(MARKER, why == OFFERED ? "offered" : "deferred", 1);
     sigaction(SIGPIPE, &inherited_sigpipe, NULL);
     execv(launcher, args - 1); /* args - 1 is the launcher's path (main's argv[3]): its argv as it had it */
-    dprintf(2, "%s: helper error: cannot run %s: %s\n", strrchr(launcher, '/') ? strrchr(launcher, '/') + 1 : launcher,
-            launcher, strerror(errno));
+    dprintf(2, "%s: helper error: cannot run %s: %s\n", launcher_name(), launcher, strerror(errno));
     exit(127);
 }
 
@@ -482,41 +479,43 @@ int main(int argc, char **argv)
     }
     mode_t mask = umask(077);
     umask(mask);
-    struct buffer body = {0};
-    puts_(&body, "{\"python\":");
-    put_cstring(&body, python);
-    puts_(&body, ",\"tool\":");
-    put_cstring(&body, tool);
-    puts_(&body, ",\"argv0\":");
-    put_cstring(&body, launcher);
-    puts_(&body, ",\"argv\":[");
+    /* The message, built in place: the protocol's magic line, the body's length (little-endian, filled in once the
+     * body is there), the body. */
+    struct buffer message = {0};
+    puts_(&message, MAGIC);
+    put(&message, "\0\0\0\0", 4);
+    size_t body_start = message.len;
+    puts_(&message, "{\"python\":");
+    put_cstring(&message, python);
+    puts_(&message, ",\"tool\":");
+    put_cstring(&message, tool);
+    puts_(&message, ",\"argv0\":");
+    put_cstring(&message, launcher);
+    puts_(&message, ",\"argv\":[");
     for (int i = 0; i < count; i++) {
         if (i)
-            puts_(&body, ",");
-        put_cstring(&body, args[i]);
+            puts_(&message, ",");
+        put_cstring(&message, args[i]);
     }
-    puts_(&body, "],\"env\":");
-    int environment_ok = put_environment(&body, coerced);
+    puts_(&message, "],\"env\":");
+    int environment_ok = put_environment(&message, coerced);
     char number[32];
     snprintf(number, sizeof number, ",\"umask\":%u,", (unsigned)mask);
-    puts_(&body, number);
-    puts_(&body, "\"stdio\":[\"utf-8\",\"");
-    puts_(&body, stdout_errors);
-    puts_(&body, "\",\"utf-8\",\"backslashreplace\"],\"state\":");
-    put_string(&body, state_read ? state : "", state_read ? state_len : 0, 1);
-    puts_(&body, "}");
-    if (!environment_ok || body.failed || body.len > UINT32_MAX) {
+    puts_(&message, number);
+    puts_(&message, "\"stdio\":[\"utf-8\",\"");
+    puts_(&message, stdout_errors);
+    puts_(&message, "\",\"utf-8\",\"backslashreplace\"],\"state\":");
+    put_string(&message, state.data, state.len, 1);
+    puts_(&message, "}");
+    size_t body_len = message.len - body_start;
+    if (!environment_ok || message.failed || body_len > UINT32_MAX) {
         trace(environment_ok ? "error" : "unmodelled environment");
         fall_back(args, DEFERRED);
     }
-
-    struct buffer message = {0};
-    puts_(&message, MAGIC);
-    unsigned char length[4] = {body.len & 0xFF, (body.len >> 8) & 0xFF, (body.len >> 16) & 0xFF, body.len >> 24};
-    put(&message, length, 4);
-    put(&message, body.data, body.len);
+    for (int i = 0; i < 4; i++)
+        message.data[body_start - 4 + i] = (char)((body_len >> (8 * i)) & 0xFF);
     int cwd_fd = open(".", O_PATH | O_CLOEXEC);
-    if (message.failed || cwd_fd < 0) {
+    if (cwd_fd < 0) {
         trace("error");
         fall_back(args, DEFERRED);
     }
@@ -567,9 +566,8 @@ int main(int argc, char **argv)
             fall_back(args, OFFERED);
         }
         trace("gone before it reported");
-        const char *name = strrchr(launcher, '/') ? strrchr(launcher, '/') + 1 : launcher;
         dprintf(2, "%s: helper error: the hook helper ended this start without a result "
-                   "(see its log: journalctl -u nvc-hook-helper)\n", name);
+                   "(see its log: journalctl -u nvc-hook-helper)\n", launcher_name());
         return 1;
     }
     if (got == 1 && receive(sock, reply + 1, 1, ACCEPT_TIMEOUT_MS) == 1 && reply[0] == 'D') {
